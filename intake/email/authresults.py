@@ -1,0 +1,105 @@
+"""Authentication-Results (RFC 8601): drop the forged ones, read the trusted one.
+
+Anyone can write `Authentication-Results: <our name>; dkim=pass` into a mail. RFC 8601 §5
+asks the receiving MTA to remove such fields claiming its own authserv-id, so the receivers
+strip them before the message is spooled. When the operator names the upstream MTA that
+checks DKIM/SPF/DMARC (`email.trusted_authserv_id`), its verdict is read and mail failing
+there is marked unverified for the agent; nothing is refused for it.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+FAILING = ("fail", "softfail", "permerror", "temperror", "policy")
+METHODS = ("dkim", "spf", "dmarc")
+FIELD_NAME = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE)
+RESULT = re.compile(r"\b(dkim|spf|dmarc)\s*=\s*([a-z]+)", re.IGNORECASE)
+COMMENT = re.compile(r"\([^()]*\)")
+
+
+def split_head(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(header block, the blank line, body); a message without a body keeps all as header."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        head, found, body = raw.partition(separator)
+        if found:
+            return head, separator, body
+    return raw, b"", b""
+
+
+def header_fields(head: bytes) -> list[bytes]:
+    """The header block as fields, each with its continuation lines and line endings."""
+    fields: list[bytes] = []
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields
+
+
+def authserv_id(field: bytes) -> str:
+    value = field.split(b":", 1)[1].decode("utf-8", "replace")
+    value = COMMENT.sub(" ", value)
+    first = value.split(";", 1)[0].split()
+    return first[0].lower() if first else ""
+
+
+def results_of(field: bytes) -> dict[str, str]:
+    value = COMMENT.sub(" ", field.split(b":", 1)[1].decode("utf-8", "replace"))
+    found: dict[str, str] = {}
+    for method, result in RESULT.findall(value.split(";", 1)[1] if ";" in value else ""):
+        found.setdefault(method.lower(), result.lower())
+    return found
+
+
+def examine(raw: bytes, our_ids: set[str], trusted_id: str = "") -> tuple[bytes, dict[str, Any]]:
+    """The message without forged fields, and the verdict to show agents.
+
+    verdict["status"]: "unchecked" (no trusted MTA configured), "verified" (the trusted MTA
+    saw a pass and no failure) or "unverified" (a failure, or no verdict from it at all).
+    """
+    trusted = trusted_id.strip().lower()
+    ours = {i.lower() for i in our_ids if i} - {trusted}
+    head, separator, body = split_head(raw)
+    kept: list[bytes] = []
+    removed: list[str] = []
+    verdicts: list[dict[str, str]] = []
+    for field in header_fields(head):
+        if FIELD_NAME.match(field):
+            ident = authserv_id(field)
+            if ident in ours:
+                removed.append(field.decode("utf-8", "replace").strip()[:500])
+                continue
+            if trusted and ident == trusted:
+                verdicts.append(results_of(field))
+        kept.append(field)
+    verdict: dict[str, Any] = {"status": "unchecked", "removed_forged": len(removed)}
+    if removed:
+        verdict["forged"] = removed[:5]
+    if trusted:
+        verdict["authserv_id"] = trusted
+        # The topmost field is the one the nearest (trusted) hop added.
+        results = verdicts[0] if verdicts else {}
+        verdict["results"] = results
+        verdict["status"] = status_of(results)
+    cleaned = b"".join(kept) + separator + body if removed else raw
+    return cleaned, verdict
+
+
+def status_of(results: dict[str, str]) -> str:
+    """DMARC decides when the trusted MTA ran it; otherwise a DKIM or SPF pass with no failure."""
+    if "dmarc" in results:
+        return "verified" if results["dmarc"] == "pass" else "unverified"
+    checked = [results[m] for m in METHODS if m in results]
+    if any(result in FAILING for result in checked) or "pass" not in checked:
+        return "unverified"
+    return "verified"
+
+
+def our_authserv_ids(addresses: tuple[str, ...], hostname: str = "") -> set[str]:
+    """The names a forged field would claim: our mail domains and our SMTP host name."""
+    ids = {address.rsplit("@", 1)[-1].lower() for address in addresses if "@" in address}
+    if hostname:
+        ids.add(hostname.lower())
+    return ids

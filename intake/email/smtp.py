@@ -1,0 +1,193 @@
+"""The SMTP receiver: a thin edge that accepts mail for our addresses and spools it, nothing more.
+
+It answers 250 only after the raw message is committed (WAL, synchronous=FULL), and 451 for
+any failure of ours, so a sender retries instead of bouncing a good mail; a reply never
+carries internal detail. Parsing, policy and answers happen later, in the worker.
+
+aiosmtpd runs its event loop in a thread of its own. SQLite work must not block that loop
+(other clients are mid-conversation), so commits run on one dedicated thread that owns its
+own connection; one writer thread also keeps SQLite's single-writer rule simple.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import ssl
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from refunddesk.desk import Desk
+from refunddesk.store import spool
+from refunddesk.store.clock import utcnow
+
+from . import authresults
+from .parse import split_plus
+
+log = logging.getLogger("refunddesk.smtp")
+MAX_RECIPIENTS = 50
+COMMAND_TIMEOUT = 120  # seconds a client may stay silent mid-conversation
+LINE_LIMIT = 65_536    # real mail breaks RFC 5321's 1000; refusing it would lose customers' mail
+REPLY_ACCEPTED = "250 2.0.0 Message accepted"
+REPLY_UNKNOWN_RECIPIENT = "550 5.1.1 Recipient address rejected: no such mailbox here"
+REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
+REPLY_TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+
+
+class IntakeSMTP(SMTP):
+    line_length_limit = LINE_LIMIT
+
+
+class IntakeController(Controller):
+    def factory(self) -> SMTP:
+        return IntakeSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class Spooler:
+    """Commits raw messages on one thread that owns its SQLite connection."""
+
+    def __init__(self, desk: Desk) -> None:
+        self.desk = desk
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtp-spool")
+        self.db = None
+
+    def store(self, raw: bytes, meta: dict[str, Any]) -> int:
+        if self.db is None:
+            self.db = self.desk.open_db()
+        inbound_id, _ = spool.spool(self.db, "email", f"smtp:{uuid.uuid4().hex}", raw, utcnow(), meta)
+        return inbound_id
+
+    def close(self) -> None:
+        def close_db() -> None:
+            if self.db is not None:
+                self.db.conn.close()
+                self.db = None
+
+        self.executor.submit(close_db).result()
+        self.executor.shutdown(wait=True)
+
+
+class IntakeHandler:
+    def __init__(self, desk: Desk, wake: Callable[[], None], spooler: Spooler) -> None:
+        self.desk = desk
+        self.wake = wake
+        self.spooler = spooler
+        self.limit = desk.config["email.smtp_intake.max_message_bytes"]
+        self.trusted_authserv_id = desk.config["email.trusted_authserv_id"]
+        self.our_authserv_ids = authresults.our_authserv_ids(desk.addresses.ours(), desk.mail_domain)
+
+    def accepts(self, address: str) -> bool:
+        base, _ = split_plus(address.strip().lower())
+        return base in self.desk.addresses.ours()
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+        if not self.accepts(address):
+            return REPLY_UNKNOWN_RECIPIENT
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return REPLY_TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            raw = envelope.original_content or b""
+            if len(raw) > self.limit:
+                return REPLY_TOO_BIG
+            raw, verdict = authresults.examine(raw, self.our_authserv_ids, self.trusted_authserv_id)
+            meta = {
+                "source": "smtp",
+                "mail_from": envelope.mail_from or "",
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "peer": peer_of(session),
+                "helo": (session.host_name or "")[:200],
+                "tls": session.ssl is not None,
+                "authentication": verdict,
+            }
+            if session.authenticated:
+                meta["auth_user"] = str(session.auth_data.login, "utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else True
+            loop = asyncio.get_running_loop()
+            inbound_id = await loop.run_in_executor(self.spooler.executor, self.spooler.store, raw, meta)
+        except Exception:
+            # Ours to fix, never the sender's: a 4xx makes the sender keep the mail and retry.
+            log.exception("could not store a message from %s; answered 451", peer_of(session))
+            return REPLY_TRY_LATER
+        log.info("stored inbound %s (%d bytes) from %s for %s", inbound_id, len(raw), peer_of(session), ", ".join(envelope.rcpt_tos))
+        try:
+            self.wake()
+        except Exception:  # the worker also polls; a failed doorbell only delays processing
+            log.exception("could not wake the worker")
+        return REPLY_ACCEPTED
+
+
+def peer_of(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def password_checker(username: str, password: str) -> Callable[..., AuthResult]:
+    expected_user, expected_password = username.encode(), password.encode()
+
+    def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        good_user = hmac.compare_digest(auth_data.login, expected_user)
+        good_password = hmac.compare_digest(auth_data.password, expected_password)
+        if good_user and good_password:
+            return AuthResult(success=True, auth_data=auth_data)
+        # handled=False: aiosmtpd itself answers 535 (True would leave the client waiting).
+        return AuthResult(success=False, handled=False)
+
+    return authenticate
+
+
+class Receiver:
+    def __init__(self, controller: Controller, spooler: Spooler) -> None:
+        self.controller = controller
+        self.spooler = spooler
+
+    @property
+    def port(self) -> int:
+        return self.controller.port
+
+    def stop(self) -> None:
+        self.controller.stop()
+        self.spooler.close()
+
+
+def start_receiver(desk: Desk, wake: Callable[[], None]) -> Receiver:
+    """Listen on email.smtp_intake.host:port in a thread of its own; returns an object with stop()."""
+    config = desk.config
+    options: dict[str, Any] = {
+        "data_size_limit": config["email.smtp_intake.max_message_bytes"],
+        "enable_SMTPUTF8": True,
+        "decode_data": False,  # keeps 8BITMIME on and the bytes exactly as sent
+        "server_hostname": desk.mail_domain,
+        "timeout": COMMAND_TIMEOUT,
+    }
+    if config["email.smtp_intake.tls_cert"]:
+        options["tls_context"] = tls_context(str(config.path("email.smtp_intake.tls_cert")), str(config.path("email.smtp_intake.tls_key") if config["email.smtp_intake.tls_key"] else config.path("email.smtp_intake.tls_cert")))
+    if config["email.smtp_intake.auth_username"]:
+        options["authenticator"] = password_checker(config["email.smtp_intake.auth_username"], config["email.smtp_intake.auth_password"])
+        options["auth_required"] = True
+        # Without TLS, AUTH in the clear is the operator's choice (a relay on a private link).
+        options["auth_require_tls"] = "tls_context" in options
+    spooler = Spooler(desk)
+    handler = IntakeHandler(desk, wake, spooler)
+    controller = IntakeController(handler, hostname=config["email.smtp_intake.host"], port=config["email.smtp_intake.port"], **options)
+    try:
+        controller.start()
+    except BaseException:
+        spooler.close()
+        raise
+    return Receiver(controller, spooler)

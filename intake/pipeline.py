@@ -1,0 +1,291 @@
+"""The one pipeline: a spooled raw message becomes a case change, its evidence, its events and
+the replies to send, all in one transaction.
+
+Two error tiers (as Zulip's email gateway has): a message we refuse to read (too many parts,
+too deep) gets a polite reply and is kept as a dead letter; an internal error is logged with
+the spool row id, the raw message stays as a dead letter, and the worker carries on.
+"""
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+import re
+from dataclasses import replace
+from datetime import datetime, timedelta
+from email.utils import make_msgid, parseaddr
+from typing import Any
+
+import sqlite_utils
+
+from refunddesk.desk import Desk
+from refunddesk.intake.email.parse import MailRejected, parse_mail, split_plus
+from refunddesk.intake.email import loops
+from refunddesk.intake.parsed import Parsed
+from refunddesk.policy import dialog
+from refunddesk.policy.context import Context, History
+from refunddesk.policy.model import Attachment, Case, Reply
+from refunddesk.render import render
+from refunddesk.store import cases as case_store
+from refunddesk.store import events, evidence, outbox, spool
+from refunddesk.store.clock import parse_stamp, utcnow
+from refunddesk.store.db import transaction
+
+log = logging.getLogger("refunddesk.pipeline")
+CASE_ID = re.compile(r"\b(RF|AP)-(\d{6})\b", re.IGNORECASE)
+CHAT_ONLY_COMMANDS = ("start", "help", "status")
+REPEAT_WINDOW = timedelta(days=30)
+
+
+def parse(desk: Desk, row: dict[str, Any]) -> Parsed:
+    received_at = parse_stamp(row["received_at"])
+    if row["channel"] == "email":
+        return parse_mail(row["raw"], row["meta"], desk.addresses, received_at)
+    if row["channel"] == "telegram":
+        from refunddesk.bot.inbound import parse_update
+
+        return parse_update(row["raw"], row["meta"], received_at)
+    raise ValueError(f"no parser for channel {row['channel']!r}")
+
+
+def process_pending(desk: Desk, db: sqlite_utils.Database, limit: int = 100) -> int:
+    """Process what is waiting in the spool; returns how many rows were handled."""
+    handled = 0
+    for inbound_id in spool.pending_ids(db, limit):
+        process(desk, db, inbound_id)
+        handled += 1
+    return handled
+
+
+def process(desk: Desk, db: sqlite_utils.Database, inbound_id: int, now: datetime | None = None) -> str:
+    """Run one spooled message through the dialog. Returns the row's final status."""
+    now = now or utcnow()
+    row = spool.load(db, inbound_id)
+    if row["status"] != "pending":
+        return row["status"]
+    try:
+        parsed = parse(desk, row)
+    except MailRejected as exc:
+        log.warning("inbound %s refused: %s", inbound_id, exc)
+        with transaction(db):
+            spool.finish(db, inbound_id, "dead", now, error=f"refused: {exc}")
+            answer_refused_mail(desk, db, row, str(exc), now)
+        return "dead"
+    except Exception as exc:  # any parser bug must cost one message its processing, never the worker
+        log.exception("inbound %s could not be parsed; kept as a dead letter", inbound_id)
+        with transaction(db):
+            spool.finish(db, inbound_id, "dead", now, error=f"{type(exc).__name__}: {exc}"[:1000])
+        return "dead"
+    try:
+        with transaction(db):
+            return apply(desk, db, row, parsed, now)
+    except Exception as exc:
+        log.exception("inbound %s failed in processing; kept as a dead letter", inbound_id)
+        with transaction(db):
+            spool.finish(db, inbound_id, "dead", now, error=f"{type(exc).__name__}: {exc}"[:1000])
+        return "dead"
+
+
+def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Parsed, now: datetime) -> str:
+    inbound = parsed.inbound
+    inbound_id = row["id"]
+    first = spool.first_with_key(db, parsed.dedup_key, inbound_id)
+    if first is not None:
+        # The same customer message again (a retry, the IMAP copy, a second address): one case.
+        spool.finish(db, inbound_id, "duplicate", now, case_id=first["case_id"], dedup_key=parsed.dedup_key)
+        if first["case_id"]:
+            events.record(db, first["case_id"], "system", "duplicate_receipt", now, {"inbound": inbound_id, "channel": row["channel"]})
+        return "duplicate"
+
+    bounced_case = case_store.case_for_message_ids(db, parsed.bounce_of) if parsed.bounce_of else None
+    if bounced_case:
+        # A delivery report about one of our letters: the agent must see that the customer did
+        # not get it. A report naming no letter of ours goes on below, like any other mail.
+        case_store.add_message(db, bounced_case, "in", inbound.channel, inbound.received_at, inbound.text, sender=inbound.sender, subject=inbound.subject, inbound_id=inbound_id, meta={"bounce": True, "message_ids": list(parsed.bounce_of)})
+        events.record(db, bounced_case, "system", "bounce_received", now, {"inbound": inbound_id, "message_ids": list(parsed.bounce_of)})
+        spool.finish(db, inbound_id, "done", now, case_id=bounced_case, dedup_key=parsed.dedup_key)
+        return "done"
+
+    if inbound.channel != "email" and answers_outside_dialog(db, inbound):
+        answer_without_case(desk, db, parsed, now)
+        spool.finish(db, inbound_id, "done", now, dedup_key=parsed.dedup_key)
+        return "done"
+
+    case = find_case(db, parsed)
+    if case is None or wants_new_case(case, inbound):
+        kind = "appeal" if inbound.command == "appeal" else ("refund" if inbound.command == "refund" else None)
+        kind = kind or inbound.kind_hint or "refund"
+        case = dialog.new_case(case_store.allocate_case_id(db, kind), inbound, inbound.received_at, kind)
+        if kind == "appeal" and inbound.case_ref and inbound.case_ref.startswith("RF-"):
+            case = case.with_fields(parent_ref=inbound.case_ref)
+        events.record(db, case.id, "system", "case_opened", now, {"channel": inbound.channel, "kind": kind})
+        case_store.save_case(db, case, now)  # evidence rows refer to the case, so it must exist first
+
+    stored = [store_attachment(desk, db, case.id, a, inbound_id, now) for a in inbound.attachments]
+    inbound = replace(inbound, attachments=tuple(stored))
+    ctx = context_for(desk, db, case, inbound)
+    result = dialog.step(case, inbound, inbound.received_at, ctx)
+    case = result.case
+    parent = ctx.known_cases.get(case.fields.get("parent_ref", ""))
+    if case.kind == "appeal" and parent is not None:
+        case = case.evolve(parent_id=parent.id)
+    case_store.save_case(db, case, now)
+
+    message_meta = {"message_id": parsed.message_id, "attachments": [a.metadata() for a in stored]}
+    authentication = inbound.meta.get("authentication") or {}
+    if authentication:
+        message_meta["authentication"] = authentication
+    case_store.add_message(db, case.id, "in", inbound.channel, inbound.received_at, inbound.text, sender=inbound.sender, subject=inbound.subject, html=parsed.html, inbound_id=inbound_id, meta=message_meta)
+    if authentication.get("status") == "unverified":
+        # Shown to agents: the trusted upstream MTA could not confirm who sent this mail.
+        events.record(db, case.id, "system", "sender_unverified", now, {"inbound": inbound_id, "results": authentication.get("results", {})})
+    if authentication.get("removed_forged"):
+        events.record(db, case.id, "system", "forged_authentication_removed", now, {"inbound": inbound_id, "fields": authentication.get("forged", [])})
+    case_store.remember_message_id(db, parsed.message_id, case.id)
+    events.record(db, case.id, inbound.sender or "customer", "message_received", now, {"inbound": inbound_id, "channel": inbound.channel})
+    for action, data in result.events:
+        events.record(db, case.id, "system", action, now, data)
+    replies = list(result.replies)
+    for refused in inbound.meta.get("refused_files", ()):
+        # An adapter refused a file (too large); the customer hears why, with the limit.
+        replies.insert(0, Reply("file_refused", {"case_id": case.id, "filename": refused.get("filename", ""), "size": refused.get("size", 0), "limit": refused.get("limit", 0)}, "notice"))
+    for reply in replies:
+        enqueue_reply(desk, db, case, reply, parsed, now)
+    spool.finish(db, inbound_id, "done", now, case_id=case.id, dedup_key=parsed.dedup_key)
+    return "done"
+
+
+def find_case(db: sqlite_utils.Database, parsed: Parsed) -> Case | None:
+    inbound = parsed.inbound
+    if inbound.channel != "email":
+        return case_store.open_case_for(db, inbound.channel, inbound.conversation_key)
+    case_id = case_store.case_for_message_ids(db, parsed.references)
+    if case_id:
+        return case_store.load_case(db, case_id)  # our Message-ID: only our letter's reader has it
+    if inbound.case_ref:
+        case = case_store.load_case(db, inbound.case_ref)
+        # A case ID is no secret (it is in every subject line): only the case's own customer
+        # may add to it by naming it; anyone else opens a case of their own.
+        if case is not None and case.contact.lower() == inbound.sender.lower():
+            return case
+    return None
+
+
+def wants_new_case(case: Case, inbound) -> bool:
+    """An appeal to appeals@ about a refund case opens an appeal; it does not reopen the refund.
+    In a chat, /refund or /appeal while the last case waits for review starts the next case."""
+    if inbound.channel != "email":
+        return inbound.command in ("refund", "appeal") and case.status != "collecting"
+    return inbound.kind_hint == "appeal" and case.kind == "refund"
+
+
+def answers_outside_dialog(db: sqlite_utils.Database, inbound) -> bool:
+    """Chat commands that never touch a case: /start, /help and /status at any time (a case
+    waiting for review must not swallow them), and an old button (confirm, a choice) pressed
+    when no case is open, which must not open an empty one."""
+    if inbound.command in CHAT_ONLY_COMMANDS:
+        return True
+    return bool(inbound.command) and inbound.command not in ("refund", "appeal") and not case_store.open_case_for(db, inbound.channel, inbound.conversation_key)
+
+
+def store_attachment(desk: Desk, db: sqlite_utils.Database, case_id: str, attachment: Attachment, inbound_id: int, now: datetime) -> Attachment:
+    meta = evidence.attach(db, desk.files, case_id, attachment.data, attachment.filename, attachment.content_type, now, inbound_id, attachment.sha256)
+    return Attachment(meta["filename"], meta["content_type"], meta["size"], meta["sha256"], None, attachment.inline)
+
+
+def context_for(desk: Desk, db: sqlite_utils.Database, case: Case, inbound) -> Context:
+    refs = {f"{m.group(1).upper()}-{m.group(2)}" for m in CASE_ID.finditer(f"{inbound.subject}\n{inbound.text}")}
+    refs |= {r for r in (inbound.case_ref, case.fields.get("parent_ref")) if r}
+    refs.discard(case.id)
+    elsewhere = {a.sha256: evidence.cases_with_file(db, a.sha256, case.id) for a in inbound.attachments}
+    for attachment in case.attachments:
+        elsewhere.setdefault(attachment["sha256"], evidence.cases_with_file(db, attachment["sha256"], case.id))
+    history = History(
+        recent_requests_from_contact=case_store.count_recent_requests(db, case.contact, inbound.received_at - REPEAT_WINDOW),
+        evidence_elsewhere={k: v for k, v in elsewhere.items() if v},
+    )
+    return Context(desk.policy, desk.calendar, case_store.load_cases(db, refs), history)
+
+
+def enqueue_reply(desk: Desk, db: sqlite_utils.Database, case: Case | None, reply: Reply, parsed: Parsed | None, now: datetime, *, language: str | None = None, recipient: str | None = None, channel: str | None = None) -> int:
+    """Render a reply and put it in the outbox, suppressed when loop rules forbid an automatic answer."""
+    channel = channel or (case.channel if case else parsed.inbound.channel)
+    language = language or (case.language if case else parsed.inbound.language) or "en"
+    context = {**reply.context, "style": dialog.style_of(channel), "channel": channel}
+    context["letter"] = context
+    subject, body = render(reply.template, language, context)
+    if channel == "email":
+        recipient = recipient or (case.contact if case else parsed.inbound.sender)
+        headers = email_headers(desk, case, parsed)
+    else:
+        recipient = recipient or (case.conversation_key if case else parsed.inbound.conversation_key)
+        headers = {}
+    status, reason = "pending", None
+    automatic = reply.kind in ("ack", "dialog", "notice")
+    if automatic and parsed is not None and parsed.no_reply_reason:
+        status, reason = "suppressed", parsed.no_reply_reason
+    elif automatic and channel == "email" and over_reply_cap(desk, db, recipient, now):
+        status, reason = "suppressed", "per-sender automatic reply limit reached"
+    outbox_id = outbox.enqueue(
+        db, case_id=case.id if case else None, channel=channel, recipient=recipient, kind=reply.kind,
+        template=reply.template, language=language, subject=subject, body=body, now=now,
+        buttons=[list(b) for b in reply.buttons], headers=headers, status=status,
+    )
+    if reason:
+        db.execute("UPDATE outbox SET last_error = ? WHERE id = ?", [f"not sent: {reason}", outbox_id])
+        log.info("automatic reply to %s suppressed: %s", recipient, reason)
+    if case is not None:
+        case_store.add_message(db, case.id, "out", channel, now, body, sender="refunddesk", subject=subject, outbox_id=outbox_id, meta={"status": status})
+        if headers.get("Message-ID"):
+            case_store.remember_message_id(db, headers["Message-ID"], case.id)
+    return outbox_id
+
+
+def over_reply_cap(desk: Desk, db: sqlite_utils.Database, recipient: str, now: datetime) -> bool:
+    window = timedelta(minutes=desk.config["email.auto_reply_window_minutes"])
+    return outbox.auto_replies_since(db, recipient, now - window) >= desk.config["email.auto_reply_limit"]
+
+
+def email_headers(desk: Desk, case: Case | None, parsed: Parsed | None) -> dict[str, str]:
+    """Threading headers: our own Message-ID, the reply chain, and a reply-to that names the case."""
+    headers = {"Message-ID": make_msgid(domain=desk.mail_domain)}
+    if case is not None:
+        base = desk.addresses.appeals if case.kind == "appeal" else desk.addresses.refunds
+        local, domain = base.split("@", 1)
+        headers["Reply-To"] = f"{local}+{case.id}@{domain}"
+        headers["From"] = base
+    if parsed is not None and parsed.message_id:
+        chain = [f"<{r}>" for r in reversed(parsed.references[:10])] + [parsed.message_id]
+        headers["In-Reply-To"] = parsed.message_id
+        headers["References"] = " ".join(dict.fromkeys(chain))
+    return headers
+
+
+def answer_without_case(desk: Desk, db: sqlite_utils.Database, parsed: Parsed, now: datetime) -> None:
+    inbound = parsed.inbound
+    context: dict[str, Any] = {"policy_name": desk.policy.name}
+    if inbound.command == "status":
+        cases = [c for c in case_store.cases_of_contact(db, inbound.sender) if c.channel == inbound.channel]
+        context["cases"] = [{"id": c.id, "kind": c.kind, "status": c.status, "amount": c.fields.get("amount"), "currency": c.fields.get("currency")} for c in cases]
+        reply = Reply("status", context, "notice")
+    elif inbound.command == "help":
+        reply = Reply("help", context, "notice")
+    else:
+        reply = Reply("welcome", context, "notice", (("refund", "refund"), ("appeal", "appeal"), ("status", "status")))
+    enqueue_reply(desk, db, None, reply, parsed, now, language=inbound.language)
+
+
+def answer_refused_mail(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], problem: str, now: datetime) -> None:
+    """A polite word to the sender of a mail we will not read, unless the sender is a robot."""
+    if row["channel"] != "email":
+        return
+    head = email.message_from_bytes(row["raw"][:65536], policy=email.policy.compat32)
+    sender = parseaddr(loops.header(head, "From"))[1].lower()
+    envelope = row["meta"].get("mail_from")
+    if not sender or loops.no_reply_reason(head, sender, envelope, desk.addresses.ours()):
+        return
+    if over_reply_cap(desk, db, sender, now):
+        return
+    language = "zh" if re.search(r"[\u4e00-\u9fff]", loops.header(head, "Subject")) else "en"
+    subject, body = render("refused", language, {"problem": problem, "policy_name": desk.policy.name, "size_limit": desk.config["email.smtp_intake.max_message_bytes"]})
+    outbox.enqueue(db, case_id=None, channel="email", recipient=sender, kind="notice", template="refused", language=language, subject=subject, body=body, now=now, headers={"Message-ID": make_msgid(domain=desk.mail_domain), "From": split_plus(desk.addresses.refunds)[0]})

@@ -1,0 +1,204 @@
+"""Amounts of money named in English and Chinese free text.
+
+Like extract_time, this reads text that `extract.py` has already cleaned (quotes cut,
+distractors and dates blanked). Every amount is found with the words around it: was it
+charged, asked back, a total, a balance, a plan's price? `choose_amount` then takes the one
+amount the text makes certain, and returns None when two amounts compete: the dialog asks.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from price_parser import Price
+
+from .extract_time import cn_number
+
+
+@dataclass(frozen=True)
+class Money:
+    amount: Decimal
+    currency: str | None  # ISO 4217 code; None when the text names none
+
+
+@dataclass(frozen=True)
+class AmountMention:
+    start: int
+    end: int
+    money: Money
+    roles: frozenset[str]
+
+
+# Longest spellings first, so "US$" wins over "$" and "美元" over "元".
+CURRENCY_WORDS = {
+    "us$": "USD", "usd": "USD", "us dollars": "USD", "us dollar": "USD", "dollars": "USD",
+    "dollar": "USD", "bucks": "USD", "buck": "USD", "美元": "USD", "美金": "USD", "美刀": "USD",
+    "刀": "USD", "$": "USD",
+    "rmb": "CNY", "cny": "CNY", "人民币": "CNY", "yuan": "CNY", "块钱": "CNY", "块": "CNY",
+    "元": "CNY", "¥": "CNY",
+    "€": "EUR", "eur": "EUR", "euros": "EUR", "euro": "EUR", "欧元": "EUR",
+    "£": "GBP", "gbp": "GBP", "pounds": "GBP", "pound": "GBP", "英镑": "GBP",
+    "hk$": "HKD", "hkd": "HKD", "港币": "HKD", "港元": "HKD",
+    "jpy": "JPY", "yen": "JPY", "日元": "JPY", "円": "JPY",
+    "a$": "AUD", "au$": "AUD", "aud": "AUD", "c$": "CAD", "ca$": "CAD", "cad": "CAD",
+    "s$": "SGD", "sgd": "SGD", "nt$": "TWD", "twd": "TWD",
+}
+_PREFIXES = ("us$", "usd", "hk$", "hkd", "au$", "a$", "aud", "ca$", "c$", "cad", "s$", "sgd",
+             "nt$", "twd", "rmb", "cny", "人民币", "$", "¥", "€", "eur", "£", "gbp", "jpy", "円")
+
+
+def _alternation(words, *, after_number: bool = False) -> str:
+    def one(word: str) -> str:
+        escaped = re.escape(word)
+        if word[-1].isalpha() and word.isascii():
+            # Codes and English words stand alone: "USDT" is no USD, "eurozone" no EUR.
+            return rf"(?<![A-Za-z]){escaped}(?![A-Za-z])"
+        if after_number and not word[-1].isalpha():
+            return rf"{escaped}(?!\s*[0-9])"  # in "12 $5" the "$" belongs to the 5
+        return escaped
+    return "|".join(one(w) for w in sorted(words, key=len, reverse=True))
+
+
+# 1.200,00 | 1,299.00 | 12,50 | 12.5: a comma before two digits is a decimal comma.
+_NUM = (r"(?:[0-9]{1,3}(?:\.[0-9]{3})+,[0-9]{2}|[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?"
+        r"|[0-9]+,[0-9]{1,2}(?![0-9])"
+        r"|[0-9]+(?:\.[0-9]+)?)(?![0-9]|[.,][0-9])")
+_MONEY = re.compile(
+    rf"(?<![A-Za-z0-9_.,/:])(?:(?P<pre>{_alternation(_PREFIXES)})\s*)?(?P<num>{_NUM})"
+    r"(?P<mult>\s*[万千](?=\s*[元块美人])|[kK]\b)?"
+    rf"\s*(?P<post>{_alternation(CURRENCY_WORDS, after_number=True)})?", re.IGNORECASE)
+_MONEY_CN = re.compile(r"(?P<num>[零一二两三四五六七八九十百千万]{1,8})\s*(?P<post>美元|美金|元|块钱|块)(?!儿)")
+
+# A bare number counts as money only right after one of these (or in an answer).
+_MONEY_VERB = re.compile(
+    r"(?:\bcharged|\bcharge of|\bbilled|\bdeducted|\bdebited|\brefund(?:ed)?|\brefund of|\bpaid|"
+    r"\bspent|\blost|\bcost(?: me)?|扣了我?|扣费|扣款|扣除了?|被扣了?|多扣了?|扣|退款|退还|退回|退|"
+    r"充值了?|充了|付了|支付了?|花了|损失了?|金额是|金额为)"
+    r"\s*(?:me\s+|of\s+|for\s+|about\s+|around\s+|approx\.?\s+|roughly\s+|大概|大约|约)*$",
+    re.IGNORECASE)
+# What follows a number that is not money: counts, durations, ranges, rough sizes.
+_NOT_MONEY_AFTER = re.compile(
+    r"^\s*(?:times?\b|x\b|×|次|个|条|张|tokens?|calls?|requests?|%|％|percent|hours?|hrs?|days?|"
+    r"weeks?|months?|minutes?|小时|天|周|分钟|多|余|来|几|\+|年|月|日|号|点|:|/)", re.IGNORECASE)
+
+_ROLE_WORDS = {
+    "refund": r"\brefund|\breimburs|money back|\bback\b|退款|退还|退回|退给|退我|返还|退",
+    "total": r"\btotal|altogether|in all|总共|一共|合计|总计|累计|共计|=\s*$",
+    "charge": r"\bcharg|\bbill|deduct|debit|\btook\b|\btaken\b|\bate\b|\blost\b|\bcost|扣|少了|损失|多收|被收",
+    "unit": r"\beach\b|\bper\b|apiece|every time|每次|每个|每笔|每条",
+    "balance": r"balance|\bleft\b|remain|\bnow at\b|余额|还剩|剩下|还有|剩余",
+    "topup": r"top(?:ped)?[- ]?up|recharg|充值|充了",
+}
+_ROLE_PATTERNS = {role: re.compile(p, re.IGNORECASE) for role, p in _ROLE_WORDS.items()}
+_PRICE_AFTER = re.compile(
+    r"^\s*(?:的)?\s*(?:(?:monthly|annual|yearly|pro|basic)\s+)?(?:plan|subscription|package|tier|"
+    r"套餐|月卡|年卡|季卡|会员|/\s*(?:month|mo|year|yr|月|年)|per month|a month|每月)", re.IGNORECASE)
+# "charged £15 instead of £10", "refund the difference", "按比例退款": the amount asked for
+# is not one written in the text, so only an explicit "refund X" may still be taken.
+_COMPARISON = re.compile(
+    r"instead of|rather than|should (?:have )?(?:been|be|cost|only)|\bdifference\b|而不是|应该|本应|"
+    r"本该|差价|差额", re.IGNORECASE)
+_PARTIAL = re.compile(r"\bpartial|pro[- ]?rat|按比例|部分退款|退一部分|折算", re.IGNORECASE)
+# "charged $8 ... another $8, both for jobs that never ran": several charges, total unwritten.
+_SEVERAL_CHARGES = re.compile(r"\b(?:both|all of them|each of them)\b|都是|两笔都|全部都|都没", re.IGNORECASE)
+_LIST_GAP = re.compile(r"\s*(?:,|，|、|\+|&|and|和|及|以及)\s*(?:and\s*)?", re.IGNORECASE)
+_CLAUSE_BREAK = re.compile(r"[。！？；;!?\n，,]|\.(?=\s|$)")
+
+
+def to_decimal(number_text: str) -> Decimal | None:
+    """'1,299.00' -> 1299.00, '12,50' -> 12.50 (price-parser knows both separators)."""
+    try:
+        amount = Price.fromstring(number_text).amount
+    except (InvalidOperation, ValueError):
+        return None
+    return amount if amount is not None and amount.is_finite() else None
+
+
+def _currency(word: str | None) -> str | None:
+    return CURRENCY_WORDS.get(word.lower()) if word else None
+
+
+def _mention_from(m: re.Match, text: str, *, answer: bool) -> AmountMention | None:
+    pre, post = m.group("pre"), m.group("post")
+    if m.group("num") is None:
+        return None
+    if not (pre or post):
+        before = text[max(0, m.start() - 24):m.start()]
+        if not answer and not _MONEY_VERB.search(before):
+            return None
+        if _NOT_MONEY_AFTER.match(text[m.end():m.end() + 10]):
+            return None
+    amount = to_decimal(m.group("num"))
+    if amount is None:
+        return None
+    mult = (m.group("mult") or "").strip().lower()
+    if mult:
+        amount = (amount * {"万": 10000, "千": 1000, "k": 1000}[mult]).normalize() + 0  # 1.5万 -> 15000
+    if pre and post and _currency(pre) != _currency(post) and post not in ("元", "块"):
+        return None  # "$12 RMB": contradictory, let a human read it
+    currency = _currency(pre) or _currency(post)
+    return AmountMention(m.start(), m.end(), Money(amount, currency), _roles(text, m.start(), m.end()))
+
+
+def _roles(text: str, start: int, end: int) -> frozenset[str]:
+    before = _CLAUSE_BREAK.split(text[max(0, start - 40):start])[-1]
+    after = _CLAUSE_BREAK.split(text[end:end + 16])[0]
+    roles = {role for role, pattern in _ROLE_PATTERNS.items()
+             if pattern.search(before) or (role != "topup" and pattern.search(after))}
+    if _PRICE_AFTER.match(text[end:end + 24]):
+        roles.add("price")
+    return frozenset(roles)
+
+
+def find_amounts(text: str, *, answer: bool = False) -> list[AmountMention]:
+    found = []
+    for m in _MONEY.finditer(text):
+        mention = _mention_from(m, text, answer=answer)
+        if mention:
+            found.append(mention)
+    for m in _MONEY_CN.finditer(text):
+        value = cn_number(m.group("num"))
+        if value and not any(f.start <= m.start() < f.end for f in found):
+            found.append(AmountMention(m.start(), m.end(), Money(Decimal(value), _currency(m.group("post"))),
+                                       _roles(text, m.start(), m.end())))
+    # An amount of zero is a balance or a price of nothing, never a refund.
+    return sorted((f for f in found if f.money.amount > 0), key=lambda f: f.start)
+
+
+def choose_amount(mentions: list[AmountMention], text: str) -> Money | None:
+    """The one amount the text makes certain, or None.
+
+    The strongest kind of mention that occurs decides: an amount asked back, then a total,
+    then a charge, then any amount at all. Two different amounts of that kind mean "ask".
+    """
+    if not mentions:
+        return None
+    tiers = ["refund", "total", "charge", None]
+    repeated = len(mentions) > len({m.money.amount for m in mentions})
+    if (_COMPARISON.search(text) or _PARTIAL.search(text) or _is_list(mentions, text)
+            or (repeated and _SEVERAL_CHARGES.search(text))):
+        tiers = ["refund"]
+    for role in tiers:
+        pool = [m for m in mentions if role is None or role in m.roles]
+        if role is not None and tiers == ["refund"]:
+            pool = [m for m in pool if "price" not in m.roles]
+        amounts = {m.money.amount for m in pool}
+        if len(amounts) > 1:
+            return None
+        if amounts:
+            currencies = {m.money.currency for m in pool} - {None}
+            currency = currencies.pop() if len(currencies) == 1 else None
+            return Money(max((m.money.amount for m in pool), key=_written_precision), currency)
+    return None
+
+
+def _written_precision(amount: Decimal) -> int:
+    """Prefer '12.50' over '12.5' when both spellings of one amount occur."""
+    return -amount.as_tuple().exponent if isinstance(amount.as_tuple().exponent, int) else 0
+
+
+def _is_list(mentions: list[AmountMention], text: str) -> bool:
+    """'$5, $5 and $5': several charges listed, whose total nobody wrote down."""
+    return any(_LIST_GAP.fullmatch(text[a.end:b.start])
+               for a, b in zip(mentions, mentions[1:]))

@@ -1,0 +1,49 @@
+"""The running desk: configuration turned into the policy, the calendar and the store's paths."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from refunddesk.config import Config
+from refunddesk.intake.email.parse import Addresses
+from refunddesk.policy.calendar import WorkingCalendar
+from refunddesk.policy.preset import Policy, load_policy_file, load_preset
+from refunddesk.store.db import open_db
+
+log = logging.getLogger("refunddesk")
+
+
+@dataclass
+class Desk:
+    config: Config
+    policy: Policy
+    calendar: WorkingCalendar
+    db_path: Path
+    files: Path
+    addresses: Addresses
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Desk":
+        policy = load_policy_file(config.path("policy.file")) if config["policy.file"] else load_preset(config["policy.preset"])
+        if config["policy.calendar_overrides"]:
+            calendar = WorkingCalendar.from_override_file(config.path("policy.calendar_overrides"), policy.country)
+        else:
+            calendar = WorkingCalendar(policy.country)
+        return cls(
+            config=config,
+            policy=policy,
+            calendar=calendar,
+            db_path=config.path("store.path"),
+            files=config.path("store.files"),
+            addresses=Addresses(config["email.refunds_address"].lower(), config["email.appeals_address"].lower()),
+        )
+
+    def open_db(self) -> sqlite_utils.Database:
+        return open_db(self.db_path)
+
+    @property
+    def mail_domain(self) -> str:
+        return self.addresses.refunds.split("@", 1)[1]

@@ -1,0 +1,175 @@
+"""The agents' queue: cases waiting for review, most urgent first, with what an agent needs to
+pick one (P302-10, PIF-4: review due dates; overdue cases first and flagged).
+
+Search is full text over case IDs, contacts, descriptions and every customer message (our own
+letters are left out: their boilerplate would match every case), Chinese included: FTS5 with the trigram tokenizer finds any run of three or more characters (so
+"扣了两次" or "timeout" match inside longer text), and shorter terms ("退款", "ok") fall back
+to LIKE, because a trigram index cannot answer them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlite_utils
+
+from refunddesk.desk import Desk
+from refunddesk.store.cases import case_from_row
+
+from .decisions import version_of
+from .suggest import suggest
+
+DUE_SOON = timedelta(hours=8)
+
+
+@dataclass(frozen=True)
+class Filters:
+    status: str | None = "queued"
+    kind: str | None = None
+    channel: str | None = None
+    agent: str | None = None
+    search: str | None = None
+
+
+@dataclass
+class QueueItem:
+    id: str
+    kind: str
+    status: str
+    channel: str
+    contact: str
+    language: str
+    amount: str | None
+    currency: str | None
+    description: str
+    created_at: datetime
+    review_due_at: datetime | None
+    overdue: bool
+    due_soon: bool
+    age_hours: float
+    blocking: list[dict[str, Any]]
+    findings: list[dict[str, Any]]
+    flags: dict[str, Any]
+    parent_id: str | None
+    parent_decided_by: str | None
+    decided_by: str | None
+    suggestion: dict[str, Any] | None = None
+    ack_pending: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data.pop("extra")
+        for key in ("created_at", "review_due_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        data["age_hours"] = round(self.age_hours, 1)
+        return data
+
+
+def list_queue(desk: Desk, db: sqlite_utils.Database, now: datetime, filters: Filters = Filters()) -> list[QueueItem]:
+    clauses, params = [], []
+    if filters.status:
+        clauses.append("c.status = ?")
+        params.append(filters.status)
+    if filters.kind:
+        clauses.append("c.kind = ?")
+        params.append(filters.kind)
+    if filters.channel:
+        clauses.append("c.channel = ?")
+        params.append(filters.channel)
+    if filters.agent:
+        # An agent's cases: the ones they decided or acted on (asked, flagged, viewed evidence).
+        clauses.append("(c.decided_by = ? OR c.id IN (SELECT case_id FROM events WHERE actor = ? AND case_id IS NOT NULL))")
+        params += [filters.agent, filters.agent]
+    for term in terms_of(filters.search):
+        sql, term_params = matching_cases(term)
+        clauses.append(f"c.id IN ({sql})")
+        params += term_params
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = db.query(
+        f"""
+        SELECT c.*, p.decided_by AS parent_decided_by,
+               EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'ack' AND o.status = 'pending') AS ack_pending
+        FROM cases c LEFT JOIN cases p ON p.id = c.parent_id
+        {where}
+        ORDER BY c.review_due_at IS NULL, c.review_due_at, c.created_at, c.id
+        """,
+        params,
+    )
+    return [item_of(desk, db, row, now) for row in rows]
+
+
+def item_of(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], now: datetime) -> QueueItem:
+    case = case_from_row(row)
+    due = case.review_due_at
+    waiting = case.status == "queued"
+    findings = [f.to_dict() for f in case.findings]
+    parent = None
+    if case.parent_id:
+        parent_rows = list(db.query("SELECT * FROM cases WHERE id = ?", [case.parent_id]))
+        parent = case_from_row(parent_rows[0]) if parent_rows else None
+    version = version_of(desk, case)
+    suggestion = suggest(case, version, desk.policy.currency, parent).to_dict() if case.kind == "refund" or parent else None
+    return QueueItem(
+        id=case.id,
+        kind=case.kind,
+        status=case.status,
+        channel=case.channel,
+        contact=case.contact,
+        language=case.language,
+        amount=case.fields.get("amount") or (parent.fields.get("amount") if parent else None),
+        currency=case.fields.get("currency") or (parent.fields.get("currency") if parent else None),
+        description=(case.fields.get("description") or "")[:200],
+        created_at=case.created_at,
+        review_due_at=due,
+        overdue=bool(waiting and due and due <= now),
+        due_soon=bool(waiting and due and now < due <= now + DUE_SOON),
+        age_hours=(now - case.created_at).total_seconds() / 3600 if case.created_at else 0.0,
+        blocking=[f for f in findings if f["blocking"]],
+        findings=findings,
+        flags=json.loads(row.get("agent_flags") or "{}"),
+        parent_id=case.parent_id,
+        parent_decided_by=row.get("parent_decided_by"),
+        decided_by=row.get("decided_by"),
+        suggestion=suggestion,
+        ack_pending=bool(row.get("ack_pending")),
+    )
+
+
+def terms_of(search: str | None) -> list[str]:
+    return [t for t in (search or "").split() if t][:10]
+
+
+def matching_cases(term: str) -> tuple[str, list[str]]:
+    """SQL selecting the ids of cases whose text or messages contain `term`."""
+    if len(term) >= 3:
+        phrase = '"' + term.replace('"', '""') + '"'
+        return (
+            "SELECT c2.id FROM cases_fts JOIN cases c2 ON c2.rowid = cases_fts.rowid WHERE cases_fts MATCH ? "
+            "UNION SELECT m.case_id FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
+            "WHERE messages_fts MATCH ? AND m.case_id IS NOT NULL AND m.direction = 'in'",
+            [phrase, phrase],
+        )
+    pattern = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    like = "LIKE ? ESCAPE '\\'"
+    return (
+        f"SELECT id FROM cases WHERE id {like} OR contact {like} OR description {like} "
+        f"UNION SELECT case_id FROM messages WHERE case_id IS NOT NULL AND direction = 'in' AND (subject {like} OR text {like})",
+        [pattern] * 5,
+    )
+
+
+def most_urgent(desk: Desk, db: sqlite_utils.Database, now: datetime) -> QueueItem | None:
+    items = list_queue(desk, db, now)
+    return items[0] if items else None
+
+
+def due_text(item: QueueItem, now: datetime) -> str:
+    """'overdue 5.0 h' or 'in 20.0 h': how the CLI and the console say when a review is due."""
+    if item.review_due_at is None:
+        return "-"
+    hours = (item.review_due_at - now).total_seconds() / 3600
+    return f"overdue {-hours:.1f} h" if hours < 0 else f"in {hours:.1f} h"
+

@@ -1,0 +1,239 @@
+"""The store's schema as ordered migrations. Never edit an applied migration: add a new one."""
+from __future__ import annotations
+
+from sqlite_utils.migrations import Migrations
+
+MIGRATIONS = Migrations("refunddesk")
+
+
+@MIGRATIONS()
+def m001_initial(db):
+    db.execute(
+        """
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE inbound (
+            id INTEGER PRIMARY KEY,
+            channel TEXT NOT NULL,
+            transport_id TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            raw BLOB NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            dedup_key TEXT,
+            case_id TEXT,
+            processed_at TEXT,
+            UNIQUE (channel, transport_id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX inbound_status ON inbound (status, id)")
+    db.execute("CREATE INDEX inbound_dedup ON inbound (dedup_key)")
+    db.execute(
+        """
+        CREATE TABLE cases (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            contact TEXT NOT NULL,
+            language TEXT NOT NULL DEFAULT 'en',
+            amount TEXT,
+            currency TEXT,
+            description TEXT,
+            fields TEXT NOT NULL DEFAULT '{}',
+            attachments TEXT NOT NULL DEFAULT '[]',
+            findings TEXT NOT NULL DEFAULT '[]',
+            dialog TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            completed_at TEXT,
+            acknowledged_at TEXT,
+            review_due_at TEXT,
+            deadline_at TEXT,
+            decided_at TEXT,
+            decided_by TEXT,
+            parent_id TEXT REFERENCES cases(id),
+            conversation_key TEXT NOT NULL DEFAULT '',
+            policy_version TEXT NOT NULL DEFAULT '',
+            agent_flags TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    db.execute("CREATE INDEX cases_queue ON cases (status, review_due_at)")
+    db.execute("CREATE INDEX cases_contact ON cases (contact, created_at)")
+    db.execute("CREATE INDEX cases_conversation ON cases (channel, conversation_key, status)")
+    db.execute(
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            case_id TEXT REFERENCES cases(id),
+            direction TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            at TEXT NOT NULL,
+            sender TEXT NOT NULL DEFAULT '',
+            subject TEXT NOT NULL DEFAULT '',
+            text TEXT NOT NULL DEFAULT '',
+            html TEXT,
+            inbound_id INTEGER REFERENCES inbound(id),
+            outbox_id INTEGER,
+            meta TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    db.execute("CREATE INDEX messages_case ON messages (case_id, at)")
+    db.execute(
+        """
+        CREATE TABLE evidence (
+            id INTEGER PRIMARY KEY,
+            case_id TEXT NOT NULL REFERENCES cases(id),
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            declared_type TEXT NOT NULL DEFAULT '',
+            filename TEXT NOT NULL,
+            path TEXT NOT NULL,
+            inbound_id INTEGER,
+            created_at TEXT NOT NULL,
+            UNIQUE (case_id, sha256)
+        )
+        """
+    )
+    db.execute("CREATE INDEX evidence_sha ON evidence (sha256)")
+    db.execute(
+        """
+        CREATE TABLE message_ids (
+            message_id TEXT PRIMARY KEY,
+            case_id TEXT NOT NULL REFERENCES cases(id)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            case_id TEXT REFERENCES cases(id),
+            channel TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            template TEXT NOT NULL,
+            language TEXT NOT NULL,
+            subject TEXT NOT NULL DEFAULT '',
+            body TEXT NOT NULL,
+            buttons TEXT NOT NULL DEFAULT '[]',
+            headers TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            next_attempt_at TEXT NOT NULL,
+            sent_at TEXT,
+            last_error TEXT,
+            escalated_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX outbox_due ON outbox (status, next_attempt_at)")
+    db.execute("CREATE INDEX outbox_recipient ON outbox (recipient, created_at)")
+    db.execute(
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            case_id TEXT,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    db.execute("CREATE INDEX events_case ON events (case_id, id)")
+    # The audit log is append-only: the database itself refuses edits and deletions.
+    db.execute(
+        "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END"
+    )
+    db.execute(
+        """
+        CREATE TABLE agents (
+            name TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+
+
+@MIGRATIONS()
+def m002_review_search_retention(db):
+    """Agents' review: full-text search (trigram, so Chinese works), decision details, retention."""
+    # Trigram FTS5 indexes kept in step with their tables by triggers; external content, so the
+    # text is stored once. Terms under 3 characters fall back to LIKE in review/queue.py.
+    db.execute(
+        "CREATE VIRTUAL TABLE cases_fts USING fts5(id, contact, description, content='cases', content_rowid='rowid', tokenize='trigram')"
+    )
+    db.execute(
+        "CREATE TRIGGER cases_fts_insert AFTER INSERT ON cases BEGIN "
+        "INSERT INTO cases_fts (rowid, id, contact, description) VALUES (new.rowid, new.id, new.contact, new.description); END"
+    )
+    db.execute(
+        "CREATE TRIGGER cases_fts_update AFTER UPDATE OF id, contact, description ON cases BEGIN "
+        "INSERT INTO cases_fts (cases_fts, rowid, id, contact, description) VALUES ('delete', old.rowid, old.id, old.contact, old.description); "
+        "INSERT INTO cases_fts (rowid, id, contact, description) VALUES (new.rowid, new.id, new.contact, new.description); END"
+    )
+    db.execute(
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(subject, text, content='messages', content_rowid='id', tokenize='trigram')"
+    )
+    db.execute(
+        "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN "
+        "INSERT INTO messages_fts (rowid, subject, text) VALUES (new.id, new.subject, new.text); END"
+    )
+    db.execute(
+        "CREATE TRIGGER messages_fts_update AFTER UPDATE OF subject, text ON messages BEGIN "
+        "INSERT INTO messages_fts (messages_fts, rowid, subject, text) VALUES ('delete', old.id, old.subject, old.text); "
+        "INSERT INTO messages_fts (rowid, subject, text) VALUES (new.id, new.subject, new.text); END"
+    )
+    for table, fts, key, columns in (("cases", "cases_fts", "rowid", "id, contact, description"), ("messages", "messages_fts", "id", "subject, text")):
+        old_values = ", ".join(f"old.{c.strip()}" for c in columns.split(","))
+        db.execute(
+            f"CREATE TRIGGER {fts}_delete AFTER DELETE ON {table} BEGIN "
+            f"INSERT INTO {fts} ({fts}, rowid, {columns}) VALUES ('delete', old.{key}, {old_values}); END"
+        )
+    db.execute("INSERT INTO cases_fts (cases_fts) VALUES ('rebuild')")
+    db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
+    # What an agent decided (amount, reason, note), for statements; the event log keeps the history.
+    db.execute("ALTER TABLE cases ADD COLUMN decided_amount TEXT")
+    db.execute("ALTER TABLE cases ADD COLUMN decision TEXT NOT NULL DEFAULT '{}'")
+    db.execute("CREATE INDEX cases_decided ON cases (status, decided_at)")
+    # PIF-10: records are kept at least 7 years, so the database refuses to delete younger ones.
+    # Stamps are ISO 8601 UTC text ('T' separator), compared as text against the same format.
+    for table, column in (("cases", "created_at"), ("messages", "at"), ("evidence", "created_at"), ("outbox", "created_at"), ("inbound", "received_at")):
+        db.execute(
+            f"CREATE TRIGGER {table}_retention BEFORE DELETE ON {table} "
+            f"WHEN old.{column} > strftime('%Y-%m-%dT%H:%M:%S', 'now', '-7 years') "
+            f"BEGIN SELECT RAISE(ABORT, 'records are kept for 7 years (PIF-10); nothing is deleted before then'); END"
+        )
+
+
+@MIGRATIONS()
+def m003_imap_watermarks(db):
+    """IMAP: the highest UID stored per mailbox, valid for one UIDVALIDITY (reset when it changes)."""
+    db.execute(
+        """
+        CREATE TABLE imap_watermarks (
+            account TEXT NOT NULL,
+            mailbox TEXT NOT NULL,
+            uidvalidity INTEGER NOT NULL,
+            last_uid INTEGER NOT NULL DEFAULT 0,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (account, mailbox)
+        )
+        """
+    )

@@ -1,0 +1,77 @@
+"""The inbound spool: every raw message exactly as it arrived, stored before anything parses it.
+
+A row moves pending -> done | duplicate | dead. Transport identities that are stable
+(IMAP UIDVALIDITY+UID, Telegram update_id) are unique, so a re-fetch never spools twice;
+SMTP deliveries are each recorded, and deduplicated by content when processed.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from .clock import stamp
+from .db import transaction
+
+
+def spool(
+    db: sqlite_utils.Database,
+    channel: str,
+    transport_id: str,
+    raw: bytes,
+    received_at: datetime,
+    meta: dict[str, Any] | None = None,
+) -> tuple[int, bool]:
+    """Store one raw message durably. Returns (row id, True if new, False if already spooled)."""
+    with transaction(db):
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO inbound (channel, transport_id, received_at, raw, meta) VALUES (?, ?, ?, ?, ?)",
+            [channel, transport_id, stamp(received_at), raw, json.dumps(meta or {}, ensure_ascii=False)],
+        )
+        if cursor.rowcount:
+            return cursor.lastrowid, True
+        row = db.execute("SELECT id FROM inbound WHERE channel = ? AND transport_id = ?", [channel, transport_id]).fetchone()
+        return row[0], False
+
+
+def pending_ids(db: sqlite_utils.Database, limit: int = 100) -> list[int]:
+    return [r[0] for r in db.execute("SELECT id FROM inbound WHERE status = 'pending' ORDER BY id LIMIT ?", [limit])]
+
+
+def load(db: sqlite_utils.Database, inbound_id: int) -> dict[str, Any]:
+    row = db["inbound"].get(inbound_id)
+    row["meta"] = json.loads(row["meta"] or "{}")
+    return row
+
+
+def finish(db: sqlite_utils.Database, inbound_id: int, status: str, now: datetime, *, case_id: str | None = None, dedup_key: str | None = None, error: str | None = None) -> None:
+    db.execute(
+        "UPDATE inbound SET status = ?, processed_at = ?, case_id = ?, dedup_key = COALESCE(?, dedup_key), error = ?, attempts = attempts + 1 WHERE id = ?",
+        [status, stamp(now), case_id, dedup_key, error, inbound_id],
+    )
+
+
+def first_with_key(db: sqlite_utils.Database, dedup_key: str, before_id: int) -> dict[str, Any] | None:
+    """The earliest processed message with the same identity, if this one is a duplicate."""
+    rows = list(
+        db.query(
+            "SELECT id, case_id FROM inbound WHERE dedup_key = ? AND id != ? AND status IN ('done', 'duplicate') ORDER BY id LIMIT 1",
+            [dedup_key, before_id],
+        )
+    )
+    return rows[0] if rows else None
+
+
+def dead_letters(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    return list(
+        db.query(
+            "SELECT id, channel, transport_id, received_at, length(raw) AS size, error, attempts FROM inbound WHERE status = 'dead' ORDER BY id"
+        )
+    )
+
+
+def requeue(db: sqlite_utils.Database, inbound_id: int) -> bool:
+    cursor = db.execute("UPDATE inbound SET status = 'pending', error = NULL WHERE id = ? AND status = 'dead'", [inbound_id])
+    return bool(cursor.rowcount)

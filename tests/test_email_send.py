@@ -1,0 +1,121 @@
+"""The email sender against real relays: what our letters carry, and how failures are retried.
+
+Rows go through the outbox and `deliver_due`, exactly as `serve` sends them.
+"""
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from datetime import timedelta
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from conftest import free_port
+from mail_fixtures import REFUNDS, RecordingHandler, Relay, desk_from, mail_settings, relay  # noqa: F401 (fixture)
+from refunddesk.intake.delivery import deliver_due
+from refunddesk.intake.email.send import EmailSender
+from refunddesk.store import outbox
+from refunddesk.store.clock import utcnow
+from refunddesk.store.db import transaction
+
+
+class PickyHandler(RecordingHandler):
+    """A relay that knows some recipients are gone for good and some only for now."""
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("gone@"):
+            return "550 5.1.1 No such user"
+        if address.startswith("later@"):
+            return "451 4.2.0 Mailbox busy"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+@pytest.fixture
+def store(tmp_path):
+    def open_(settings_relay=None, **overrides):
+        desk, _ = desk_from(tmp_path, mail_settings(tmp_path, settings_relay, **overrides))
+        db = desk.open_db()
+        sender = EmailSender(desk.config.section("email.outgoing"), desk.addresses.refunds, desk.config.path("email.outgoing.folder"), "302.AI Support")
+        return desk, db, sender
+
+    return open_
+
+
+def enqueue(db, recipient: str, *, subject: str = "[RF-000001] We received your refund request", kind: str = "ack", headers: dict | None = None) -> int:
+    with transaction(db):
+        return outbox.enqueue(
+            db, case_id=None, channel="email", recipient=recipient, kind=kind, template="ack", language="en",
+            subject=subject, body="Hello,\nwe received your request.\n", now=utcnow(),
+            headers=headers or {"Message-ID": "<ours-1@desk.test>", "From": REFUNDS, "Reply-To": "refunds+RF-000001@desk.test",
+                                "In-Reply-To": "<theirs@customer.test>", "References": "<first@customer.test> <theirs@customer.test>"},
+        )
+
+
+def row(db, outbox_id: int) -> dict:
+    return db["outbox"].get(outbox_id)
+
+
+def test_an_automatic_reply_carries_threading_and_rfc3834_headers_and_nothing_else_of_theirs(store, relay):  # noqa: F811
+    desk, db, sender = store(relay)
+    enqueue(db, "wei@customer.test", subject="[RF-000001] Re: refund\r\nBcc: victim@x.test")
+    assert asyncio.run(deliver_due(db, sender)) == 1
+    (received,) = relay.messages
+    assert received.mail_from == REFUNDS and received.rcpt_tos == ["wei@customer.test"]
+    msg = received.message
+    assert msg["From"].addresses[0].display_name == "302.AI Support" and msg["From"].addresses[0].addr_spec == REFUNDS and msg["To"] == "wei@customer.test"
+    assert msg["Subject"] == "[RF-000001] Re: refund Bcc: victim@x.test" and msg["Bcc"] is None
+    assert msg["Auto-Submitted"] == "auto-replied" and msg["X-Loop"] == REFUNDS
+    assert msg["In-Reply-To"] == "<theirs@customer.test>" and msg["References"] == "<first@customer.test> <theirs@customer.test>"
+    assert msg["Reply-To"] == "refunds+RF-000001@desk.test" and msg["Message-ID"] == "<ours-1@desk.test>"
+    assert msg["Content-Language"] == "en" and msg.get_content().startswith("Hello,")
+
+
+def test_a_decision_letter_is_not_marked_automatic(store, relay):  # noqa: F811
+    desk, db, sender = store(relay)
+    enqueue(db, "wei@customer.test", kind="decision")
+    asyncio.run(deliver_due(db, sender))
+    assert relay.messages[0].message["Auto-Submitted"] is None
+
+
+def test_a_recipient_that_is_not_one_plain_address_fails_for_good_and_sends_nothing(store, relay):  # noqa: F811
+    desk, db, sender = store(relay)
+    bad = enqueue(db, "wei@customer.test\r\nBcc: all@x.test")
+    asyncio.run(deliver_due(db, sender))
+    assert row(db, bad)["status"] == "failed" and relay.messages == []
+
+
+def test_gone_recipients_fail_for_good_busy_ones_and_a_dead_relay_are_retried(store):
+    handler = PickyHandler()
+    port = free_port()
+    server = Controller(handler, hostname="127.0.0.1", port=port)
+    desk, db, sender = store(None, **{"email.outgoing.host": "127.0.0.1", "email.outgoing.port": port})
+    gone, later, fine = enqueue(db, "gone@customer.test"), enqueue(db, "later@customer.test"), enqueue(db, "fine@customer.test")
+    # The relay is down: everything waits, nothing is lost.
+    assert asyncio.run(deliver_due(db, sender)) == 0
+    assert {row(db, i)["status"] for i in (gone, later, fine)} == {"pending"}
+    assert all("relay unreachable" in row(db, i)["last_error"] for i in (gone, later, fine))
+    server.start()
+    try:
+        assert asyncio.run(deliver_due(db, sender)) == 0  # not due yet: back-off holds
+        assert asyncio.run(deliver_due(db, sender, now=utcnow() + timedelta(minutes=1))) == 1
+        assert row(db, fine)["status"] == "sent"
+        assert row(db, gone)["status"] == "failed" and "550" in row(db, gone)["last_error"]
+        assert row(db, later)["status"] == "pending" and "451" in row(db, later)["last_error"]
+        assert asyncio.run(deliver_due(db, sender, now=utcnow() + timedelta(hours=1))) == 0
+        assert [m.rcpt_tos for m in handler.messages] == [["fine@customer.test"]]  # exactly once
+    finally:
+        server.stop()
+
+
+def test_without_a_relay_letters_are_written_as_eml_files(store, tmp_path):
+    desk, db, sender = store(None)
+    first = enqueue(db, "wei@customer.test")
+    asyncio.run(deliver_due(db, sender))
+    files = sorted((tmp_path / "outgoing").iterdir())
+    assert [f.name for f in files] == [f"outbox-{first:08d}.eml"]
+    msg = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    assert msg["To"] == "wei@customer.test" and msg["Auto-Submitted"] == "auto-replied"
+    assert row(db, first)["status"] == "sent"

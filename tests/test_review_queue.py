@@ -1,0 +1,140 @@
+"""The queue: most urgent first (P302-10, PIF-4), filters, full-text search in both languages,
+and the PIF-5 suggested amount with its arithmetic."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from conftest import run_cli
+from refunddesk.policy.model import Case
+from refunddesk.policy.preset import load_preset
+from refunddesk.review.decisions import request_info
+from refunddesk.review.queue import Filters, list_queue
+from refunddesk.review.suggest import suggest
+from refunddesk.review.testing import chat_case, mail, mail_case, receive_mail
+from refunddesk.store.clock import utcnow
+
+from test_review_decisions import local, request_302ai
+
+CHINESE = "原因：重复扣费\n额度类型：付费\n金额：100 元\n时间：{time}\n账号：hq_mei\n问题描述：同一个请求被扣了两次费用，请核实。\n"
+
+
+@pytest.fixture
+def filled(make_desk):
+    """Four cases: one overdue, one older, one fresh (Chinese), one from Telegram."""
+    desk = make_desk()
+    db = desk.open_db()
+    now = utcnow()
+    # 20 days: overdue even across the longest public holiday.
+    overdue = mail_case(desk, db, "old@lumen.test", request_302ai(now - timedelta(days=21), desk), now - timedelta(days=20))
+    older = mail_case(desk, db, "mid@lumen.test", request_302ai(now - timedelta(days=2), desk), now - timedelta(days=1))
+    chinese = mail_case(desk, db, "wang@lumen.test", CHINESE.format(time=local(desk, now - timedelta(days=1))), now - timedelta(minutes=30), subject="退款申请")
+    chat = chat_case(desk, db, 7001, {
+        "reason": "duplicate_charge", "credit_type": "paid", "amount": "3 USD", "incident_at": local(desk, now - timedelta(days=1)),
+        "account_id": "tg-9", "description": "Charged twice in the playground.",
+    }, now - timedelta(minutes=10))
+    return desk, db, now, {"overdue": overdue, "older": older, "chinese": chinese, "chat": chat}
+
+
+def ids(items):
+    return [item.id for item in items]
+
+
+def test_queue_is_ordered_by_review_due_date_overdue_first(filled):
+    desk, db, now, cases = filled
+    items = list_queue(desk, db, now)
+    # Working days: a case that arrived on a weekend may be due no later than a fresher one.
+    assert ids(items) == sorted(cases.values(), key=lambda c: next(i.review_due_at for i in items if i.id == c))
+    assert ids(items)[0] == cases["overdue"] and set(ids(items)) == set(cases.values())
+    assert [i.review_due_at for i in items] == sorted(i.review_due_at for i in items)
+    first = items[0]
+    assert first.overdue and not items[1].overdue
+    assert first.amount == "12.50" and first.currency == "USD" and first.age_hours > 20 * 24 - 1
+    assert all(item.review_due_at for item in items)
+
+
+def test_filters_by_channel_kind_status_and_agent(filled):
+    desk, db, now, cases = filled
+    assert ids(list_queue(desk, db, now, Filters(channel="telegram"))) == [cases["chat"]]
+    assert ids(list_queue(desk, db, now, Filters(kind="appeal"))) == []
+    request_info(desk, db, cases["older"], "alice", "Which key was charged?")
+    assert cases["older"] not in ids(list_queue(desk, db, now))
+    assert ids(list_queue(desk, db, now, Filters(status="awaiting_customer", agent="alice"))) == [cases["older"]]
+    assert ids(list_queue(desk, db, now, Filters(status=None, agent="bob"))) == []
+    assert len(list_queue(desk, db, now, Filters(status=None))) == 4
+
+
+def test_full_text_search_in_english_and_chinese(filled):
+    desk, db, now, cases = filled
+    search = lambda q: ids(list_queue(desk, db, now, Filters(status=None, search=q)))  # noqa: E731
+    assert search("billed twice") == [cases["overdue"], cases["older"]]          # trigram FTS, two terms
+    assert search("扣了两次") == [cases["chinese"]]                                # Chinese inside a sentence
+    assert search("核实") == [cases["chinese"]]                                    # 2 characters: LIKE fallback
+    assert search("playground") == [cases["chat"]]
+    assert search("hq_mei") == [cases["chinese"]]                                 # fields (account ID) too
+    assert search("nothing-like-this") == []
+    assert search('"*) OR (') == []                                               # FTS syntax is quoted away
+
+    # A new message is searchable at once: triggers keep the index in step.
+    receive_mail(desk, db, mail("mid@lumen.test", f"Re: [{cases['older']}] more", "The order number is ZQ-88412.", to=desk.addresses.refunds))
+    assert search("ZQ-88412") == [cases["older"]]
+    assert search("zq") == [cases["older"]]
+
+
+def test_queue_command_prints_and_filters(filled, tmp_path):
+    desk, db, now, cases = filled
+    config = tmp_path / "refunddesk.toml"
+    listed = json.loads(run_cli(config, "queue", "--json").stdout)
+    assert [item["id"] for item in listed] == ids(list_queue(desk, db, now)) and listed[0]["id"] == cases["overdue"]
+    assert listed[0]["overdue"] is True and listed[0]["review_due_at"]
+    found = json.loads(run_cli(config, "queue", "--json", "--search", "扣了两次").stdout)
+    assert [item["id"] for item in found] == [cases["chinese"]]
+    text = run_cli(config, "queue", "--channel", "email").stdout.decode()
+    assert cases["overdue"] in text and "OVERDUE" in text and cases["chat"] not in text
+
+
+IPFIXED = load_preset("ipfixed").versions[-1]
+CREATED = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+
+
+def ipfixed_case(**fields: str) -> Case:
+    return Case(id="RF-000001", kind="refund", status="queued", channel="email", contact="x@y.test", fields={"currency": "USD", **fields}, created_at=CREATED)
+
+
+@pytest.mark.parametrize(
+    "fields, fee, amount, basis, step",
+    [
+        # PIF-5 (1): full, within 24 hours of purchase and unused.
+        ({"reason": "mistaken_purchase", "amount": "49", "purchase_at": (CREATED - timedelta(hours=10)).isoformat(), "quota_used_pct": "0", "payment_method": "card"},
+         Decimal("1.50"), "47.50", "full", "Full refund: asked 10.0 h after purchase"),
+        # Used already: no longer full, prorated by the remaining days (PIF-5 (2)).
+        ({"reason": "mistaken_purchase", "amount": "30", "purchase_at": (CREATED - timedelta(hours=10)).isoformat(), "quota_used_pct": "20", "payment_method": "balance"},
+         None, "29.00", "prorated", "30.00 x 29 / 30 days"),
+        ({"reason": "not_as_described", "amount": "30", "purchase_at": (CREATED - timedelta(days=10, hours=1)).isoformat(), "payment_method": "paypal"},
+         None, "19.00", "prorated", "30.00 x 19 / 30 days = 19.00 USD (11 days since purchase)"),
+        # PIF-5 (3): in proportion to the outage.
+        ({"reason": "outage", "outage_hours": "48", "amount": "60", "purchase_at": (CREATED - timedelta(days=3)).isoformat(), "payment_method": "bank"},
+         Decimal("0"), "4.00", "outage", "60.00 x 48 h / 720 h = 4.00 USD"),
+        # PIF-5 (5): under 1 USD is not paid now; it accumulates.
+        ({"reason": "outage", "outage_hours": "25", "amount": "10", "purchase_at": (CREATED - timedelta(days=3)).isoformat(), "payment_method": "card"},
+         None, "0.00", "outage", "under the minimum single refund of 1.00"),
+    ],
+)
+def test_suggested_amount_shows_its_arithmetic(fields, fee, amount, basis, step):
+    suggestion = suggest(ipfixed_case(**fields), IPFIXED, "USD", fee=fee)
+    assert (suggestion.to_dict()["amount"], suggestion.basis, suggestion.clause) == (amount, basis, "PIF-5")
+    assert any(step in line for line in suggestion.steps), suggestion.steps
+    if fields.get("payment_method") == "balance":
+        assert any("no payment platform fee" in line for line in suggestion.steps)
+    elif fee is None:
+        assert any("processing fee: not on record" in line for line in suggestion.steps)
+
+
+def test_302ai_suggests_the_requested_amount_as_the_cap():
+    policy = load_preset("302ai").versions[-1]
+    suggestion = suggest(ipfixed_case(amount="12.50"), policy, "USD")
+    assert suggestion.to_dict()["amount"] == "12.50" and suggestion.clause == "P302-13"
+
