@@ -123,10 +123,8 @@ def cmd_deliver(args) -> int:
     from refunddesk.store import spool
     from refunddesk.store.clock import utcnow
 
+    # Even an empty message is stored: it becomes a dead letter an agent can see, never a silent drop.
     raw = sys.stdin.buffer.read()
-    if not raw.strip():
-        print("refunddesk: empty message on standard input", file=sys.stderr)
-        return 1
     recipients = args.recipient or [r for r in (os.environ.get("ORIGINAL_RECIPIENT"), os.environ.get("RECIPIENT")) if r][:1]
     meta = {"source": "pipe", "rcpt_tos": recipients}
     if args.sender is not None or "SENDER" in os.environ:
