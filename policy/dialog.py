@@ -78,7 +78,8 @@ def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context) -> St
 
     if case.status == "awaiting_customer":
         if changed or inbound.text.strip():
-            case = replace(case, status="queued")
+            # The review clock restarts when the customer answers: the wait was on them, not us.
+            case = replace(_complete(case, now, ctx, version), completed_at=case.completed_at or now)
             events.append(("customer_answered", {}))
             return StepResult(case, findings, (Reply("resumed", _letter(case, version, ctx, now, missing, invalid), "notice"),), tuple(events))
         return StepResult(case, findings, (), tuple(events))

@@ -9,7 +9,7 @@ to LIKE, because a trigram index cannot answer them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,11 +57,9 @@ class QueueItem:
     decided_by: str | None
     suggestion: dict[str, Any] | None = None
     ack_pending: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        data.pop("extra")
         for key in ("created_at", "review_due_at"):
             data[key] = data[key].isoformat() if data[key] else None
         data["age_hours"] = round(self.age_hours, 1)

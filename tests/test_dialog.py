@@ -100,9 +100,12 @@ def test_cancel_withdraws_an_open_case():
 
 def test_an_answer_after_an_agents_question_returns_the_case_to_the_queue():
     result = first(mail(COMPLETE_MAIL, [SHOT]))
-    waiting = result.case.evolve(status="awaiting_customer")
+    waiting = result.case.evolve(status="awaiting_customer", review_due_at=datetime(2026, 11, 1, 10, 0, tzinfo=SH))
     answered = step(waiting, mail("The request id was req_991, see the log."), NOW, CTX)
     assert answered.case.status == "queued"
+    # The review clock restarts from the answer: 3 working days after Sunday Nov 22 is Nov 25.
+    assert answered.case.review_due_at == datetime(2026, 11, 25, 10, 0, tzinfo=SH)
+    assert answered.case.completed_at == result.case.completed_at
     assert answered.replies[0].template == "resumed"
     assert ("customer_answered", {}) in answered.events
 

@@ -221,3 +221,27 @@ def test_a_stranger_naming_someone_elses_case_cannot_add_to_it(desk, relay):
     assert "amount" not in desk.case(case.id).fields
     (own,) = desk.cases_of(stranger)
     assert own.id != case.id
+
+
+FILL_IN_ANSWERS = {
+    "Reason for the refund": "service_failure",
+    "Was the charge on paid or gifted credit": "paid",
+    "Amount charged": "12.50 USD",
+    "Account ID": "acme-7",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="policy/dialog reads no choice field (reason, credit_type) from the letter's fill-in block; reported")
+def test_a_reply_filling_in_every_line_of_the_block_completes_the_case(desk, relay):
+    customer = "fill-in@customer.test"
+    desk.send(letter(customer, "Refund", "My account was charged but the API gave me nothing back."), customer)
+    (ask,) = relay.wait_for(customer)
+    block = body_of(ask).split("fill in the lines below", 1)[1]
+    answers = {**FILL_IN_ANSWERS, "Time of the charge": charge_time()}
+    labels = re.findall(r"(?m)^([A-Z][^:\n]*):", block)
+    assert set(labels) <= set(answers), labels
+    reply = "\n".join(f"{label}: {answers[label]}" for label in labels) + "\n\nOn Fri, refunds@desk.test wrote:\n" + quoted(ask)
+    desk.send(letter(customer, "Re: " + ask["Subject"], reply, files=(("screenshot.png", PNG, "image/png"),)), customer)
+    relay.wait_for(customer, 2)
+    (case,) = desk.cases_of(customer)
+    assert case.status == "queued", case.fields

@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from conftest import free_port
-from mail_fixtures import REFUNDS, RecordingHandler, Relay, desk_from, mail_settings, relay  # noqa: F401 (fixture)
+from mail_fixtures import REFUNDS, RecordingHandler, desk_from, mail_settings, relay  # noqa: F401 (fixture)
 from refunddesk.intake.delivery import deliver_due
 from refunddesk.intake.email.send import EmailSender
 from refunddesk.store import outbox

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import wait_for
 from mail_fixtures import APPEALS, REFUNDS, TEST_CERT, TEST_KEY, desk_from, letter, mail_settings, send
 from refunddesk.intake import pipeline
 from refunddesk.intake.email.smtp import start_receiver

@@ -38,6 +38,8 @@ from refunddesk.store import spool
 from refunddesk.store.clock import utcnow
 from refunddesk.store.db import transaction
 
+from . import authresults
+
 log = logging.getLogger("refunddesk.import")
 AUTOMATIC_KINDS = ("ack", "dialog", "notice")
 LATE_FINDINGS = ("deadline_passed", "appeal_window_passed")
@@ -126,10 +128,12 @@ def import_one(desk: Desk, db: sqlite_utils.Database, raw: bytes, delivered: dat
     """Spool and process one message; returns what became of it (for the summary)."""
     now = utcnow()
     received_at = arrival_time(raw, delivered, now)
-    meta = {"source": "import", "path": source}
+    key = "import:" + hashlib.sha256(raw).hexdigest()  # of the bytes as found: re-imports match
+    our_ids = authresults.our_authserv_ids(desk.addresses.ours(), desk.mail_domain)
+    raw, verdict = authresults.examine(raw, our_ids, desk.config["email.trusted_authserv_id"])
+    meta = {"source": "import", "path": source, "authentication": verdict}
     if no_reply:
         meta["no_reply"] = "backlog import with --no-reply"
-    key = "import:" + hashlib.sha256(raw).hexdigest()
     with transaction(db):
         inbound_id, new = spool.spool(db, "email", key, raw, received_at, meta)
         if not new:

@@ -89,7 +89,7 @@ class Poller:
         self.folder = config["email.imap.folder"]
         self.processed_folder = config["email.imap.processed_folder"]
         self.poll_seconds = max(1, config["email.imap.poll_seconds"])
-        self.limit = config["email.smtp_intake.max_message_bytes"]
+        self.limit = config["email.smtp_intake.max_message_bytes"]  # one size limit for all mail intake
         self.account = f"{self.username}@{self.host}"
         self.trusted_authserv_id = config["email.trusted_authserv_id"]
         self.our_authserv_ids = authresults.our_authserv_ids(desk.addresses.ours(), desk.mail_domain)

@@ -176,7 +176,9 @@ def start_receiver(desk: Desk, wake: Callable[[], None]) -> Receiver:
         "timeout": COMMAND_TIMEOUT,
     }
     if config["email.smtp_intake.tls_cert"]:
-        options["tls_context"] = tls_context(str(config.path("email.smtp_intake.tls_cert")), str(config.path("email.smtp_intake.tls_key") if config["email.smtp_intake.tls_key"] else config.path("email.smtp_intake.tls_cert")))
+        cert = config.path("email.smtp_intake.tls_cert")
+        key = config.path("email.smtp_intake.tls_key") if config["email.smtp_intake.tls_key"] else cert  # one PEM may hold both
+        options["tls_context"] = tls_context(str(cert), str(key))
     if config["email.smtp_intake.auth_username"]:
         options["authenticator"] = password_checker(config["email.smtp_intake.auth_username"], config["email.smtp_intake.auth_password"])
         options["auth_required"] = True
