@@ -88,6 +88,10 @@ def exact_choice(field: str, text: str, version: PolicyVersion) -> str | None:
 def guess_choice(field: str, text: str, version: PolicyVersion) -> str | None:
     """A choice named unambiguously by keywords; None when nothing or several compete."""
     lowered = text.lower()
+    spec = version.field(field)
+    named = [code for code in (version.choices_for(spec) if spec else ()) if re.search(rf"(?<![a-z_]){re.escape(code)}(?![a-z_])", lowered) and "_" in code]
+    if len(named) == 1:
+        return named[0]
     if field == "reason":
         hits = [r.code for r in version.reasons if any(k in lowered for k in r.keywords)]
     else:

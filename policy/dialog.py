@@ -21,6 +21,7 @@ from .preset import PolicyVersion
 from .rules import deadlines_of, evaluate, missing_items
 from .deadlines import review_due
 from .extract import detect_language, read_fields, read_labelled
+from .form import read_form
 
 CHAT_CHANNELS = ("telegram",)
 CASE_REF = re.compile(r"\b(RF|AP)-?(\d{1,9})\b", re.IGNORECASE)
@@ -112,6 +113,15 @@ def _absorb(
             continue
         if not case.fields.get(name) or _is_labelled(name, labelled):
             updates[name] = value
+    # Lines of our own fill-in block are explicit answers: each is read as the answer to its question.
+    for name, value in read_form(text).items():
+        if version.field(name) is None and name != "currency":
+            continue
+        values, problem = answers.read_answer(name, value, None, now, tz, version)
+        if problem:
+            invalid[name] = problem
+        else:
+            updates.update(values)
 
     asking = case.dialog.get("asking")
     # A button answers the question asked only if it is that question's button: an old

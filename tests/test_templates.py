@@ -391,7 +391,8 @@ def test_ack_fill_in_block_names_every_missing_field(scenario: str) -> None:
             assert f"- {labels[name]}" in lines, (language, name)
             if name == "evidence":
                 continue
-            fill = [line for line in lines if line.startswith(labels[name] + colon)]
+            # The fill-in line is the label, the choices (if any) in brackets, then the colon.
+            fill = [line for line in lines if line.startswith(labels[name]) and line.rstrip().endswith(colon)]
             assert fill, f"{language}: no fill-in line for {name}\n{body}"
             if name in context["choices"]:
                 assert all(choice in fill[0] for choice in context["choices"][name])

@@ -11,8 +11,9 @@ sees its key and only moves it. A new UIDVALIDITY resets the watermark.
 
 The poller runs in a thread of its own with its own SQLite connection. It waits with IDLE
 when the server offers it (re-issued well inside the 29 minutes RFC 2177 allows), otherwise
-it polls every `poll_seconds`. Any connection failure (BYE, abort, reset) means: log,
-back off, reconnect.
+it polls every `poll_seconds`; even while idling it re-reads the folder that often, a safety
+net for a notification lost between commands. Any connection failure (BYE, abort, reset)
+means: log, back off, reconnect.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ IDLE_CHECK_SECONDS = 1.0       # how quickly a stop request is noticed while idl
 BACKOFF_START = 0.5
 BACKOFF_MAX = 60.0
 FETCH_BATCH = 20
+MAX_DRAIN_PASSES = 10          # a mailbox filling faster than this is read again after IDLE
 CONNECT_TIMEOUT = 30
 
 
@@ -158,7 +160,23 @@ class Poller:
     # --- reading -------------------------------------------------------------------------------
 
     def drain(self, client: IMAPClient, db: sqlite_utils.Database) -> int:
-        """Spool every message of the folder not yet spooled, then move what is spooled."""
+        """Read the folder until a pass finds nothing to do.
+
+        An EXISTS for mail that lands while we fetch or move arrives with that command's
+        answer, where imapclient keeps it to itself; IDLE would then wait for news it was
+        already given. A last, quiet pass right before IDLE closes that gap.
+        """
+        stored = 0
+        for _ in range(MAX_DRAIN_PASSES):
+            spooled, moved = self.drain_once(client, db)
+            stored += spooled
+            if not spooled and not moved:
+                break
+        return stored
+
+    def drain_once(self, client: IMAPClient, db: sqlite_utils.Database) -> tuple[int, int]:
+        """Spool every message of the folder not yet spooled, then move what is spooled.
+        Returns (messages spooled, messages moved)."""
         info = client.select_folder(self.folder)
         uidvalidity = int(info[b"UIDVALIDITY"])
         mark = load_watermark(db, self.account, self.folder)
@@ -180,18 +198,18 @@ class Poller:
         done = [uid for uid in uids if is_spooled(db, keys[uid])]
         already = set(done)
         fresh = [uid for uid in uids if uid not in already]
-        stored = 0
+        stored = moved = 0
         for batch in chunks(fresh, FETCH_BATCH):
             spooled = self.fetch_and_spool(client, db, batch, uidvalidity, keys)
             stored += len(spooled)
             if spooled:
                 self.wake()
             if moving:
-                self.move(client, spooled)
+                moved += self.move(client, spooled)
         if moving and done:
             # Spooled before but still here: the move after an earlier commit did not happen.
-            self.move(client, done)
-        return stored
+            moved += self.move(client, done)
+        return stored, moved
 
     def fetch_and_spool(self, client: IMAPClient, db: sqlite_utils.Database, uids: list[int], uidvalidity: int, keys: dict[int, str]) -> list[int]:
         sizes = client.fetch(uids, ["RFC822.SIZE", "FLAGS"])
@@ -226,18 +244,19 @@ class Poller:
             spooled.append(uid)
         return spooled
 
-    def move(self, client: IMAPClient, uids: list[int]) -> None:
+    def move(self, client: IMAPClient, uids: list[int]) -> int:
         if not uids:
-            return
+            return 0
         if client.has_capability("MOVE"):
             client.move(uids, self.processed_folder)
-            return
+            return len(uids)
         client.copy(uids, self.processed_folder)
         client.add_flags(uids, [b"\\Deleted"], silent=True)
         if client.has_capability("UIDPLUS"):
             client.uid_expunge(uids)
         else:
             client.expunge()
+        return len(uids)
 
     # --- waiting -------------------------------------------------------------------------------
 
@@ -250,8 +269,11 @@ class Poller:
         client.idle()
         self.idling.set()
         started = time.monotonic()
+        # IDLE brings news at once; the folder is still read every poll_seconds, so that a
+        # notification the server sent some other way costs at most that long.
+        renew = min(IDLE_RENEW_SECONDS, self.poll_seconds)
         try:
-            while not self.stopping.is_set() and time.monotonic() - started < IDLE_RENEW_SECONDS:
+            while not self.stopping.is_set() and time.monotonic() - started < renew:
                 asked = time.monotonic()
                 responses = client.idle_check(timeout=IDLE_CHECK_SECONDS)
                 if any(is_bye(r) for r in responses):
