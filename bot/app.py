@@ -175,7 +175,10 @@ class TelegramBot:
 
     async def store_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         transport_id = str(update.update_id)
-        if await self.in_thread(self.spooled, transport_id):
+        message = update.message
+        # Only a message with files needs the replay check first (no second download); for
+        # any other update spool() itself keeps the one row, and a thread hop is saved.
+        if message is not None and (message.photo or message.document) and await self.in_thread(self.spooled, transport_id):
             return  # a replay of an update we stored before a restart: no second download
         meta: dict[str, Any] = {}
         if update.message is not None:
@@ -274,6 +277,9 @@ def received_at(update: Update) -> datetime:
 
 
 async def start_bot(desk: Desk, wake: Callable[[], None]) -> TelegramBot:
+    # httpx logs every Bot API call at INFO with its URL, and the URL holds the bot token: a
+    # secret in every line (and a line per update, on the loop that polls and sends).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     bot = TelegramBot(desk, wake)
     await bot.start()
     return bot

@@ -8,6 +8,7 @@ the spool row id, the raw message stays as a dead letter, and the worker carries
 from __future__ import annotations
 
 import email
+import email.parser
 import email.policy
 import logging
 import re
@@ -68,22 +69,37 @@ def process(desk: Desk, db: sqlite_utils.Database, inbound_id: int, now: datetim
     except MailRejected as exc:
         log.warning("inbound %s refused: %s", inbound_id, exc)
         with transaction(db):
+            if status_now(db, inbound_id) != "pending":
+                return status_now(db, inbound_id)
             spool.finish(db, inbound_id, "dead", now, error=f"refused: {exc}")
             answer_refused_mail(desk, db, row, str(exc), now)
         return "dead"
     except Exception as exc:  # any parser bug must cost one message its processing, never the worker
         log.exception("inbound %s could not be parsed; kept as a dead letter", inbound_id)
         with transaction(db):
+            if status_now(db, inbound_id) != "pending":
+                return status_now(db, inbound_id)
             spool.finish(db, inbound_id, "dead", now, error=f"{type(exc).__name__}: {exc}"[:1000])
         return "dead"
     try:
         with transaction(db):
+            if status_now(db, inbound_id) != "pending":
+                return status_now(db, inbound_id)
             return apply(desk, db, row, parsed, now)
     except Exception as exc:
         log.exception("inbound %s failed in processing; kept as a dead letter", inbound_id)
         with transaction(db):
+            if status_now(db, inbound_id) != "pending":
+                return status_now(db, inbound_id)
             spool.finish(db, inbound_id, "dead", now, error=f"{type(exc).__name__}: {exc}"[:1000])
         return "dead"
+
+
+def status_now(db: sqlite_utils.Database, inbound_id: int) -> str:
+    """The row's status, read inside the write transaction. serve's worker, the MTA pipe and an
+    agent's `deadletters retry` may each have loaded the row as pending: only the first to take
+    the write lock acts on it; the others find it finished and leave it alone."""
+    return db.execute("SELECT status FROM inbound WHERE id = ?", [inbound_id]).fetchone()[0]
 
 
 def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Parsed, now: datetime) -> str:
@@ -279,7 +295,9 @@ def answer_refused_mail(desk: Desk, db: sqlite_utils.Database, row: dict[str, An
     """A polite word to the sender of a mail we will not read, unless the sender is a robot."""
     if row["channel"] != "email":
         return
-    head = email.message_from_bytes(row["raw"][:65536], policy=email.policy.compat32)
+    # Headers only: the body is what made us refuse the mail (1,000 nested parts would blow the
+    # parser's recursion here, escape process() and keep the mail pending ahead of all others).
+    head = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(row["raw"][:65536], headersonly=True)
     sender = parseaddr(loops.header(head, "From"))[1].lower()
     envelope = row["meta"].get("mail_from")
     if not sender or loops.no_reply_reason(head, sender, envelope, desk.addresses.ours()):

@@ -13,6 +13,7 @@ Every reader first prepares the text the same way:
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -213,7 +214,7 @@ def read_labelled(text: str) -> dict[str, str]:
 
     Besides the documented field names this may return "reason". The first non-empty value
     of a field wins; labels inside quoted earlier letters are ignored."""
-    return _prepare(text).labels
+    return dict(_prepare(text).labels)  # a copy: the prepared text is shared (cached)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,9 @@ class _Prepared:
     free: str  # own words, distractors blanked, and the structured labelled values too
 
 
+# One message is read field by field (amount, moment, account, percent, ...), and each reader
+# starts here: cached, the text is stripped, labelled and masked once, not nine times.
+@functools.lru_cache(maxsize=64)
 def _prepare(text: str) -> _Prepared:
     body = strip_quoted(text)
     hits = _label_hits(body)

@@ -8,8 +8,11 @@ the message in hand, senders finish the delivery in hand.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import signal
+import sys
 import threading
 from typing import Any, Callable
 
@@ -20,9 +23,15 @@ from refunddesk.intake.email.send import EmailSender
 from refunddesk.store import evidence
 from refunddesk.store.outbox import next_due_at
 from refunddesk.store.clock import utcnow
+from refunddesk.store.db import use_writer_turns
 
 log = logging.getLogger("refunddesk.service")
 IDLE_WAIT = 1.0
+# The worker is CPU-bound while the channels' event loops mostly wait on sockets: with the
+# default 5 ms, a loop that wakes waits up to 5 ms for the GIL at every socket call, and a burst
+# of mail was accepted at ~55 msg/s instead of ~88 (docs/performance.md, bench/smtp_intake.py).
+SWITCH_INTERVAL = 0.0002
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 class Wake:
@@ -65,7 +74,9 @@ class Service:
         while not self.stopping.is_set():
             self.wake.inbound.clear()
             try:
-                handled = pipeline.process_pending(self.desk, db)
+                # One message a pass: its replies go out while the next one is processed (a
+                # pass of 100 held every acknowledgement of a backlog until the last was done).
+                handled = pipeline.process_pending(self.desk, db, limit=1)
             except Exception:
                 log.exception("worker pass failed; retrying")
                 handled = 0
@@ -143,6 +154,9 @@ class Service:
             self.tasks.append(asyncio.create_task(watch(self.desk, self.stopping, self.wake.outbound)))
 
     async def run(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        fix_mmap_threshold()
+        use_writer_turns()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -166,6 +180,18 @@ class Service:
         await sending
         worker.join(timeout=30)
         log.info("stopped")
+
+
+def fix_mmap_threshold(size: int = 128 * 1024) -> None:
+    """glibc raises its mmap threshold every time a large block is freed (up to 32 MB): after
+    the first 25 MB mail, such mails are allocated in the heap, whose freed memory is rarely
+    returned. A burst of them left serve at 270 MB after it ended, 130 MB with a fixed
+    threshold, and its peak went from 350 to ~300 MB (bench/memory.py). Elsewhere: nothing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, size)
+    except (OSError, AttributeError):
+        pass
 
 
 def run(desk: Desk) -> int:

@@ -18,7 +18,7 @@ from refunddesk.store.evidence import relative_path
 from . import charts, csrf
 from .case_view import agent_view
 from .decisions import DecisionError, approve, reject, request_info, set_special_flags, version_of
-from .queue import Filters, due_text, list_queue
+from .queue import PAGE_SIZE, Filters, count_queue, due_text, list_queue
 from .sla_report import report
 
 if TYPE_CHECKING:
@@ -49,10 +49,22 @@ class Pages:
             search=(query.get("q") or "").strip()[:200] or None,
         )
         now = utcnow()
-        items = await self.console.in_db(lambda db: list_queue(self.desk, db, now, filters))
+        number = page_number(query.get("page"))
+
+        def one_page(db) -> tuple[list, int | None]:
+            # One page (and whether another follows); the total only when counting is cheap,
+            # i.e. not for a search, which would run its full-text query a second time.
+            found = list_queue(self.desk, db, now, filters, limit=PAGE_SIZE + 1, offset=(number - 1) * PAGE_SIZE)
+            return found, None if filters.search else count_queue(db, filters)
+
+        items, total = await self.console.in_db(one_page)
+        more = len(items) > PAGE_SIZE
+        items = items[:PAGE_SIZE]
         return self.console.page(
             request, "queue.html", items=items, filters=filters, status=status, due_text=lambda item: due_text(item, now),
-            statuses=STATUSES, kinds=KINDS, channels=CHANNELS,
+            statuses=STATUSES, kinds=KINDS, channels=CHANNELS, total=total, more=more, first=(number - 1) * PAGE_SIZE + 1,
+            previous_url=str(request.url.include_query_params(page=number - 1)) if number > 1 else None,
+            next_url=str(request.url.include_query_params(page=number + 1)) if more else None,
         )
 
     async def dashboard(self, request: Request, agent: str) -> Response:
@@ -140,6 +152,13 @@ class Pages:
         if case is None:
             raise DecisionError(f"no case {case_id}")
         set_special_flags(db, case_id, agent, flags, list(version_of(self.desk, case).special.get("flags", ())))
+
+
+def page_number(value: str | None) -> int:
+    try:
+        return min(max(1, int(value or 1)), 100_000)
+    except ValueError:
+        return 1
 
 
 def pick(value: str | None, allowed: tuple[str, ...]) -> str | None:

@@ -9,7 +9,7 @@ to LIKE, because a trigram index cannot answer them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,11 @@ from .decisions import version_of
 from .suggest import suggest
 
 DUE_SOON = timedelta(hours=8)
+PAGE_SIZE = 50  # cases on one page of the console's queue
+# Most urgent first. Store migration m004 has this order as indexes (with and without the
+# status), so a page is read in order rather than every matching case sorted.
+ORDER = "c.review_due_at IS NULL, c.review_due_at, c.created_at, c.id"
+QUICK_WINDOW = 500  # cases read in queue order before a search falls back to the full-text index
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,74 @@ class QueueItem:
         return data
 
 
-def list_queue(desk: Desk, db: sqlite_utils.Database, now: datetime, filters: Filters = Filters()) -> list[QueueItem]:
-    clauses, params = [], []
+def list_queue(desk: Desk, db: sqlite_utils.Database, now: datetime, filters: Filters = Filters(), *, limit: int | None = None, offset: int = 0) -> list[QueueItem]:
+    """The cases the filters select, most urgent first; `limit` and `offset` give one page."""
+    chosen, params = page_of(db, filters, limit, offset)
+    # The page's ids first, in index order; the rest of the row, the parent and the pending
+    # acknowledgement only for those (not for every case in the queue before the LIMIT).
+    rows = db.query(
+        f"""
+        SELECT c.*, p.decided_by AS parent_decided_by,
+               EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'ack' AND o.status = 'pending') AS ack_pending
+        FROM ({chosen}) AS chosen
+        JOIN cases c ON c.id = chosen.id LEFT JOIN cases p ON p.id = c.parent_id
+        ORDER BY {ORDER}
+        """,
+        params,
+    )
+    return [item_of(desk, db, row, now) for row in rows]
+
+
+def page_of(db: sqlite_utils.Database, filters: Filters, limit: int | None, offset: int) -> tuple[str, list[Any]]:
+    """SQL selecting the ids of one page, and its parameters."""
+    quick = quick_page(db, filters, limit, offset)
+    if quick is not None:
+        return "SELECT value AS id FROM json_each(?)", [json.dumps(quick)]
+    where, params = selection(filters)
+    page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+    return f"SELECT c.id FROM cases c {where} ORDER BY {ORDER} {page}", params
+
+
+def quick_page(db: sqlite_utils.Database, filters: Filters, limit: int | None, offset: int) -> list[str] | None:
+    """A page of a search for a common word, or None.
+
+    The full-text index first collects every match in the store before the page is cut
+    (half a million for "timeout" among 1,000,000 cases: about a second). A common word
+    also matches many of the first cases in queue order, so reading those with LIKE finds
+    the page at once. When the first cases hold too few matches, the word is rare, and the
+    index answers quickly. LIKE folds ASCII case only: words with other cased letters
+    always go to the index, which folds them too."""
+    terms = terms_of(filters.search)
+    if limit is None or not terms or not all(all(ch.isascii() or ch.lower() == ch.upper() for ch in t) for t in terms):
+        return None
+    where, params = selection(replace(filters, search=None))
+    conditions, like_params = [], []
+    for term in terms:
+        sql, term_params = like_match(term)
+        conditions.append(sql)
+        like_params += term_params
+    wanted = offset + limit
+    window = max(QUICK_WINDOW, 20 * wanted)
+    found = [
+        r[0]
+        for r in db.execute(
+            f"SELECT c.id FROM (SELECT c.rowid AS r FROM cases c {where} ORDER BY {ORDER} LIMIT {window}) AS early "
+            f"JOIN cases c ON c.rowid = early.r WHERE {' AND '.join(conditions)} ORDER BY {ORDER} LIMIT {wanted}",
+            params + like_params,
+        )
+    ]
+    return found[offset:] if len(found) >= wanted else None
+
+
+def count_queue(db: sqlite_utils.Database, filters: Filters = Filters()) -> int:
+    where, params = selection(filters)
+    return db.execute(f"SELECT count(*) FROM cases c {where}", params).fetchone()[0]
+
+
+def selection(filters: Filters) -> tuple[str, list[Any]]:
+    """The WHERE clause (on `cases c`) and its parameters for a set of filters."""
+    clauses: list[str] = []
+    params: list[Any] = []
     if filters.status:
         clauses.append("c.status = ?")
         params.append(filters.status)
@@ -83,20 +154,9 @@ def list_queue(desk: Desk, db: sqlite_utils.Database, now: datetime, filters: Fi
         params += [filters.agent, filters.agent]
     for term in terms_of(filters.search):
         sql, term_params = matching_cases(term)
-        clauses.append(f"c.id IN ({sql})")
+        clauses.append(sql)
         params += term_params
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = db.query(
-        f"""
-        SELECT c.*, p.decided_by AS parent_decided_by,
-               EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'ack' AND o.status = 'pending') AS ack_pending
-        FROM cases c LEFT JOIN cases p ON p.id = c.parent_id
-        {where}
-        ORDER BY c.review_due_at IS NULL, c.review_due_at, c.created_at, c.id
-        """,
-        params,
-    )
-    return [item_of(desk, db, row, now) for row in rows]
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def item_of(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], now: datetime) -> QueueItem:
@@ -141,26 +201,35 @@ def terms_of(search: str | None) -> list[str]:
 
 
 def matching_cases(term: str) -> tuple[str, list[str]]:
-    """SQL selecting the ids of cases whose text or messages contain `term`."""
+    """A condition on `cases c`: its text or one of its customer's messages contains `term`.
+
+    Full-text matches are collected once (rowids straight from the index, no join); the LIKE
+    fallback is checked case by case, so it reads only the cases the other filters leave
+    and stops when a page is full, instead of every case and message in the store."""
     if len(term) >= 3:
         phrase = '"' + term.replace('"', '""') + '"'
         return (
-            "SELECT c2.id FROM cases_fts JOIN cases c2 ON c2.rowid = cases_fts.rowid WHERE cases_fts MATCH ? "
-            "UNION SELECT m.case_id FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
-            "WHERE messages_fts MATCH ? AND m.case_id IS NOT NULL AND m.direction = 'in'",
+            "(c.rowid IN (SELECT rowid FROM cases_fts WHERE cases_fts MATCH ?) "
+            "OR c.id IN (SELECT m.case_id FROM messages m WHERE m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?) "
+            "AND m.case_id IS NOT NULL AND m.direction = 'in'))",
             [phrase, phrase],
         )
+    return like_match(term)
+
+
+def like_match(term: str) -> tuple[str, list[str]]:
+    """The same condition with LIKE, checked case by case (terms under three characters)."""
     pattern = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     like = "LIKE ? ESCAPE '\\'"
     return (
-        f"SELECT id FROM cases WHERE id {like} OR contact {like} OR description {like} "
-        f"UNION SELECT case_id FROM messages WHERE case_id IS NOT NULL AND direction = 'in' AND (subject {like} OR text {like})",
+        f"(c.id {like} OR c.contact {like} OR c.description {like} OR EXISTS (SELECT 1 FROM messages m "
+        f"WHERE m.case_id = c.id AND m.direction = 'in' AND (m.subject {like} OR m.text {like})))",
         [pattern] * 5,
     )
 
 
 def most_urgent(desk: Desk, db: sqlite_utils.Database, now: datetime) -> QueueItem | None:
-    items = list_queue(desk, db, now)
+    items = list_queue(desk, db, now, limit=1)
     return items[0] if items else None
 
 

@@ -37,7 +37,8 @@ def write_blob(root: str | Path, data: bytes, sha256: str | None = None) -> tupl
     target = Path(root) / rel
     if target.exists():
         return digest, rel
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():  # a stat; mkdir on an existing folder costs ten times more
+        target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -63,6 +64,11 @@ def sniff_type(data: bytes, declared: str) -> str:
         matches = puremagic.magic_string(data[:8192])
     except (puremagic.PureError, ValueError):
         matches = []
+    typed = [m for m in matches if m.mime_type]
+    if typed and declared in {m.mime_type for m in typed if m.confidence == typed[0].confidence}:
+        # The bytes fit several types equally (every zip also matches docx, xlsx, jar ...):
+        # the declared one is among them, so it is no lie; the first would be a guess.
+        return declared
     for match in matches:
         if match.mime_type:
             return match.mime_type

@@ -237,3 +237,12 @@ def m003_imap_watermarks(db):
         )
         """
     )
+
+
+@MIGRATIONS()
+def m004_queue_order(db):
+    """The agents' queue order (review/queue.py ORDER) as indexes, per status and over all
+    cases: a page of the queue is then read in order, not sorted from every matching case
+    (bench/queue_scale.py: 1,000,000 cases)."""
+    db.execute("CREATE INDEX cases_queue_order ON cases (status, review_due_at IS NULL, review_due_at, created_at, id)")
+    db.execute("CREATE INDEX cases_order ON cases (review_due_at IS NULL, review_due_at, created_at, id)")

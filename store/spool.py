@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils.db import NotFoundError
 
 from .clock import stamp
 from .db import transaction
@@ -41,7 +42,11 @@ def pending_ids(db: sqlite_utils.Database, limit: int = 100) -> list[int]:
 
 
 def load(db: sqlite_utils.Database, inbound_id: int) -> dict[str, Any]:
-    row = db["inbound"].get(inbound_id)
+    # A plain query: Table.get() first introspects the schema (five queries) on every call.
+    rows = list(db.query("SELECT * FROM inbound WHERE id = ?", [inbound_id]))
+    if not rows:
+        raise NotFoundError(f"no inbound row {inbound_id}")
+    row = rows[0]
     row["meta"] = json.loads(row["meta"] or "{}")
     return row
 

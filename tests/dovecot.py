@@ -160,7 +160,15 @@ class Dovecot:
             return client.fetch(uids, ["FLAGS", "BODY.PEEK[]"]) if uids else {}
 
     def wait_for_count(self, name: str, count: int, timeout: float = 15) -> dict[int, dict]:
-        return wait_for(lambda: (lambda got: got if len(got) == count else None)(self.folder(name)), timeout, message=f"{count} message(s) in {name}")
+        found: dict[int, dict] = {}
+
+        def counted() -> bool:
+            found.clear()
+            found.update(self.folder(name))
+            return len(found) == count
+
+        wait_for(counted, timeout, message=f"{count} message(s) in {name}")
+        return found
 
     def settings(self, **overrides) -> dict:
         """Configuration keys that point refunddesk's poller at this server."""

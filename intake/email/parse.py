@@ -24,6 +24,7 @@ from refunddesk.policy.model import InboundMessage
 from . import charsets, loops, quoting
 from . import html as mailhtml
 from .body import MAX_DEPTH, MAX_PARTS, MailRejected, charset_hints, read_body
+from .reading import read_message
 
 __all__ = ["Addresses", "MailRejected", "parse_mail", "split_plus", "route", "dedup_key"]
 
@@ -47,7 +48,10 @@ def parse_mail(raw: bytes, meta: dict[str, Any], addresses: Addresses, received_
     if meta.get("oversized"):
         raise MailRejected(f"the message is too large ({meta['oversized']} bytes)")
     check_structure(raw)
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    try:
+        msg = read_message(raw)
+    except RecursionError:  # nesting that check_structure did not count (e.g. past its window)
+        raise MailRejected(f"MIME nesting too deep (over {MAX_DEPTH})") from None
     hints = charset_hints(msg)
 
     from_name, sender = parseaddr(raw_header(msg, "From"))
@@ -111,7 +115,8 @@ def parse_mail(raw: bytes, meta: dict[str, Any], addresses: Addresses, received_
 def check_structure(raw: bytes) -> None:
     """Cheap limits on the raw bytes, before the MIME tree is built in memory. Each is one
     linear scan, so a hostile message costs no more to refuse than to receive."""
-    if len(re.findall(rb"(?im)^content-type:\s*multipart/", raw[:4_000_000])) > MAX_MULTIPART_HEADERS:
+    # message/rfc822 nests too (a forward of a forward ...): the stdlib parser recurses on both.
+    if len(re.findall(rb"(?im)^content-type:\s*(?:multipart|message)/", raw[:4_000_000])) > MAX_MULTIPART_HEADERS:
         raise MailRejected(f"MIME nesting too deep (over {MAX_DEPTH})")
     if raw.count(b"\n--") > MAX_BOUNDARY_LINES and boundary_lines(raw) > MAX_BOUNDARY_LINES:
         raise MailRejected(f"too many MIME parts (over {MAX_PARTS})")

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from refunddesk.desk import Desk
 from refunddesk.store import spool
@@ -37,10 +37,40 @@ REPLY_UNKNOWN_RECIPIENT = "550 5.1.1 Recipient address rejected: no such mailbox
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
 REPLY_TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+REPLY_BUSY = "451 4.3.2 Too many large messages at once, please try again later"
+# aiosmtpd holds a message in memory line by line while it arrives (~3 times its size), and
+# then whole: a burst of 25 MB mails took ~85 MB each (bench/memory.py). Transfers declared
+# larger than LARGE_MESSAGE (RFC 1870 SIZE, which MTAs send) take turns; small mail never waits.
+LARGE_MESSAGE = 1024 * 1024
+LARGE_TRANSFERS = 1
+LARGE_WAIT = 60  # seconds a large transfer may wait for its turn; then 451 and the sender retries
 
 
 class IntakeSMTP(SMTP):
     line_length_limit = LINE_LIMIT
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        turns = getattr(self.event_handler, "large_transfers", None)
+        if turns is None or declared_size(self.envelope) <= LARGE_MESSAGE:
+            return await super().smtp_DATA(arg)
+        try:
+            await asyncio.wait_for(turns.acquire(), LARGE_WAIT)
+        except asyncio.TimeoutError:
+            await self.push(REPLY_BUSY)
+            return
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            turns.release()
+
+
+def declared_size(envelope: Envelope | None) -> int:
+    for option in (envelope.mail_options if envelope is not None else ()):
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
 
 
 class IntakeController(Controller):
@@ -80,6 +110,7 @@ class IntakeHandler:
         self.limit = desk.config["email.smtp_intake.max_message_bytes"]
         self.trusted_authserv_id = desk.config["email.trusted_authserv_id"]
         self.our_authserv_ids = authresults.our_authserv_ids(desk.addresses.ours(), desk.mail_domain)
+        self.large_transfers = asyncio.Semaphore(LARGE_TRANSFERS)
 
     def accepts(self, address: str) -> bool:
         base, _ = split_plus(address.strip().lower())
@@ -184,6 +215,10 @@ def start_receiver(desk: Desk, wake: Callable[[], None]) -> Receiver:
         options["auth_required"] = True
         # Without TLS, AUTH in the clear is the operator's choice (a relay on a private link).
         options["auth_require_tls"] = "tls_context" in options
+    if not log.isEnabledFor(logging.DEBUG):
+        # aiosmtpd logs every command of every client at INFO (8 lines a mail, on the loop that
+        # answers the clients); our own line per stored message is kept. --verbose shows them.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     spooler = Spooler(desk)
     handler = IntakeHandler(desk, wake, spooler)
     controller = IntakeController(handler, hostname=config["email.smtp_intake.host"], port=config["email.smtp_intake.port"], **options)
