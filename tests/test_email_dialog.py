@@ -231,17 +231,22 @@ FILL_IN_ANSWERS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="policy/dialog reads no choice field (reason, credit_type) from the letter's fill-in block; reported")
 def test_a_reply_filling_in_every_line_of_the_block_completes_the_case(desk, relay):
     customer = "fill-in@customer.test"
     desk.send(letter(customer, "Refund", "My account was charged but the API gave me nothing back."), customer)
     (ask,) = relay.wait_for(customer)
     block = body_of(ask).split("fill in the lines below", 1)[1]
     answers = {**FILL_IN_ANSWERS, "Time of the charge": charge_time()}
-    labels = re.findall(r"(?m)^([A-Z][^:\n]*):", block)
-    assert set(labels) <= set(answers), labels
-    reply = "\n".join(f"{label}: {answers[label]}" for label in labels) + "\n\nOn Fri, refunds@desk.test wrote:\n" + quoted(ask)
+    # The customer writes after each empty line of the block, keeping our hint in brackets.
+    form_lines = re.findall(r"(?m)^(([A-Z][^:(,\n]*?)(?: \([^)\n]*\))?):[ \t]*\r?$", block)
+    assert {label for _, label in form_lines} == set(answers), form_lines
+    filled = "\n".join(f"{line}: {answers[label]}" for line, label in form_lines)
+    reply = filled + "\n\nOn Fri, refunds@desk.test wrote:\n" + quoted(ask)
     desk.send(letter(customer, "Re: " + ask["Subject"], reply, files=(("screenshot.png", PNG, "image/png"),)), customer)
     relay.wait_for(customer, 2)
     (case,) = desk.cases_of(customer)
     assert case.status == "queued", case.fields
+    assert case.fields["reason"] == "service_failure"
+    assert case.fields["credit_type"] == "paid"
+    assert case.fields["amount"] == "12.50" and case.fields["currency"] == "USD"
+    assert case.fields["account_id"] == "acme-7"
