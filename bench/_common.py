@@ -36,6 +36,9 @@ PYTHON = sys.executable
 REFUNDS = "refunds@desk.test"
 APPEALS = "appeals@desk.test"
 SHANGHAI = timezone(timedelta(hours=8))
+sys.path.insert(0, str(REPO / "tests"))
+from processes import process_tree, tree_status, vm_status  # noqa: E402,F401  (serve and its worker)
+
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 
@@ -107,17 +110,6 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
     if process in _children:
         _children.remove(process)
     return code
-
-
-def vm_status(pid: int) -> dict[str, int]:
-    """VmRSS/VmHWM/... of a process in KiB, from /proc/PID/status."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("Vm"):
-                name, value = line.split(":", 1)
-                values[name] = int(value.split()[0])
-    return values
 
 
 # --- the real service ----------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import time
 
 import _common as c
 
-sys.path.insert(0, str(c.REPO / "tests"))
 
 
 class IdleWatcher:

@@ -82,10 +82,13 @@ def process(desk: Desk, db: sqlite_utils.Database, inbound_id: int, now: datetim
             spool.finish(db, inbound_id, "dead", now, error=f"{type(exc).__name__}: {exc}"[:1000])
         return "dead"
     try:
+        # Files first, outside the write lock that the channels wait for (content-addressed,
+        # so writing one twice is harmless; an orphan of a crash is swept at start-up).
+        files = [evidence.store_file(desk.files, a.data, a.content_type) if a.data is not None else None for a in parsed.inbound.attachments]
         with transaction(db):
             if status_now(db, inbound_id) != "pending":
                 return status_now(db, inbound_id)
-            return apply(desk, db, row, parsed, now)
+            return apply(desk, db, row, parsed, now, files)
     except Exception as exc:
         log.exception("inbound %s failed in processing; kept as a dead letter", inbound_id)
         with transaction(db):
@@ -102,7 +105,7 @@ def status_now(db: sqlite_utils.Database, inbound_id: int) -> str:
     return db.execute("SELECT status FROM inbound WHERE id = ?", [inbound_id]).fetchone()[0]
 
 
-def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Parsed, now: datetime) -> str:
+def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Parsed, now: datetime, files: list[evidence.StoredFile | None]) -> str:
     inbound = parsed.inbound
     inbound_id = row["id"]
     first = spool.first_with_key(db, parsed.dedup_key, inbound_id)
@@ -137,7 +140,7 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
         events.record(db, case.id, "system", "case_opened", now, {"channel": inbound.channel, "kind": kind})
         case_store.save_case(db, case, now)  # evidence rows refer to the case, so it must exist first
 
-    stored = [store_attachment(desk, db, case.id, a, inbound_id, now) for a in inbound.attachments]
+    stored = [store_attachment(desk, db, case.id, a, inbound_id, now, file) for a, file in zip(inbound.attachments, files)]
     inbound = replace(inbound, attachments=tuple(stored))
     ctx = context_for(desk, db, case, inbound)
     result = dialog.step(case, inbound, inbound.received_at, ctx)
@@ -204,8 +207,8 @@ def answers_outside_dialog(db: sqlite_utils.Database, inbound) -> bool:
     return bool(inbound.command) and inbound.command not in ("refund", "appeal") and not case_store.open_case_for(db, inbound.channel, inbound.conversation_key)
 
 
-def store_attachment(desk: Desk, db: sqlite_utils.Database, case_id: str, attachment: Attachment, inbound_id: int, now: datetime) -> Attachment:
-    meta = evidence.attach(db, desk.files, case_id, attachment.data, attachment.filename, attachment.content_type, now, inbound_id, attachment.sha256)
+def store_attachment(desk: Desk, db: sqlite_utils.Database, case_id: str, attachment: Attachment, inbound_id: int, now: datetime, stored: evidence.StoredFile | None) -> Attachment:
+    meta = evidence.attach(db, desk.files, case_id, attachment.data, attachment.filename, attachment.content_type, now, inbound_id, attachment.sha256, stored)
     return Attachment(meta["filename"], meta["content_type"], meta["size"], meta["sha256"], None, attachment.inline)
 
 

@@ -4,18 +4,23 @@ Every process and thread opens its own connection (SQLite connections are not sh
 threads here); `transaction()` starts with BEGIN IMMEDIATE so that read-then-write sequences
 (allocating a case number, claiming a spool row) never fail half-way with "database is locked".
 
-In `serve` (see `use_writer_turns`), the threads take turns in arrival order before they ask
-SQLite for the write lock. SQLite's busy handler only polls, sleeping up to 100 ms between
-tries, so a thread that writes back to back (the worker) could starve another one (the SMTP
-spooler, whose client waits for its 250) until the busy timeout. Other processes still meet
-the busy timeout as before.
+In `serve` and its worker process (see `use_writer_turns`), writers take turns before they
+ask SQLite for the write lock. SQLite's busy handler only polls, sleeping up to 100 ms between
+tries, so a writer that writes back to back (the worker) starved another one (the SMTP
+spooler, whose clients wait for their 250): mail was accepted no faster than it was
+processed. Threads of one process queue on a lock and wake the moment it is free; processes
+take turns with flock(2) on a file beside the database, polled every half millisecond (the
+worker's pauses between two messages are a few milliseconds long). Other processes, and
+writers that take no turns, still meet SQLite's busy timeout as before.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -27,25 +32,41 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 class WriterTurns:
-    """One writer at a time; a waiting writer wakes the moment the lock is free."""
+    """One writer at a time, among the threads of this process and every process taking turns."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
         self.lock = threading.Lock()
+        self.fd = os.open(f"{path}{TURN_FILE_SUFFIX}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def acquire(self, timeout: float) -> bool:
-        return self.lock.acquire(timeout=timeout)  # False: SQLite's busy timeout decides, as without turns
+        """False after `timeout`: then SQLite's busy timeout decides, as without turns."""
+        deadline = time.monotonic() + timeout
+        if not self.lock.acquire(timeout=timeout):
+            return False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self.lock.release()
+                    return False
+                time.sleep(TURN_POLL)
 
     def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
         self.lock.release()
 
 
+TURN_FILE_SUFFIX = "-turn"
+TURN_POLL = 0.0005
 _turns: dict[str, WriterTurns] = {}
 _turns_lock = threading.Lock()
 _turns_in_use = False
 
 
 def use_writer_turns() -> None:
-    """From now on, connections this process opens take turns to write (serve calls this)."""
+    """From now on, connections this process opens take turns to write (serve and its worker)."""
     global _turns_in_use
     _turns_in_use = True
 
@@ -53,8 +74,11 @@ def use_writer_turns() -> None:
 def writer_turns(path: Path) -> WriterTurns | None:
     if not _turns_in_use:
         return None
+    key = str(path.resolve())
     with _turns_lock:
-        return _turns.setdefault(str(path.resolve()), WriterTurns())
+        if key not in _turns:
+            _turns[key] = WriterTurns(Path(key))
+        return _turns[key]
 
 
 def open_db(path: str | Path, *, migrate: bool = True) -> sqlite_utils.Database:

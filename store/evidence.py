@@ -10,6 +10,7 @@ import hashlib
 import os
 import tempfile
 import unicodedata
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,24 @@ def safe_filename(name: str | None, fallback: str) -> str:
     return (cleaned or fallback)[:MAX_FILENAME]
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """A blob on disk and what its bytes are, before any database row refers to it."""
+
+    sha256: str
+    path: str
+    size: int
+    content_type: str
+
+
+def store_file(root: str | Path, data: bytes, declared_type: str) -> StoredFile:
+    """Write a blob and sniff its type. No database work: the pipeline does this before it
+    takes the write lock (an fsync and puremagic were a third of the time it held the lock),
+    and a crash before the commit leaves an orphan that the start-up sweep removes."""
+    digest, rel = write_blob(root, data)
+    return StoredFile(digest, rel, len(data), sniff_type(data[:8192], declared_type))
+
+
 def attach(
     db: sqlite_utils.Database,
     root: str | Path,
@@ -94,19 +113,20 @@ def attach(
     now: datetime,
     inbound_id: int | None = None,
     sha256: str | None = None,
+    stored: StoredFile | None = None,
 ) -> dict[str, Any]:
     """Record a file as evidence of a case. `data` may be None when an adapter already wrote
-    the blob (a Telegram download streamed to disk); then `sha256` names it."""
+    the blob (a Telegram download streamed to disk); then `sha256` names it. `stored` is the
+    blob store_file() already wrote for `data`."""
     if data is not None:
-        digest, rel = write_blob(root, data)
-        size, head = len(data), data[:8192]
+        stored = stored or store_file(root, data, declared_type)
+        digest, rel, size, content_type = stored.sha256, stored.path, stored.size, stored.content_type
     else:
         digest, rel = sha256 or "", relative_path(sha256 or "")
         blob = Path(root) / rel
         size = blob.stat().st_size
         with open(blob, "rb") as handle:
-            head = handle.read(8192)
-    content_type = sniff_type(head, declared_type)
+            content_type = sniff_type(handle.read(8192), declared_type)
     display = safe_filename(filename, f"evidence-{digest[:8]}")
     db.execute(
         "INSERT OR IGNORE INTO evidence (case_id, sha256, size, content_type, declared_type, filename, path, inbound_id, created_at) VALUES (?,?,?,?,?,?,?,?,?)",

@@ -1,0 +1,237 @@
+"""The worker: the pipeline over the inbound spool, in a process of its own.
+
+The channels only accept (SMTP 250, IMAP move, Telegram offset) and the worker does the
+CPU-bound part (MIME parsing, the dialog, rules, rendering). In one interpreter they shared
+one GIL: during a burst the worker's parsing held the SMTP receiver to ~150 mails/s on a
+machine where a bare aiosmtpd accepts ~1,500 (bench/smtp_intake.py). In a process of its own,
+the worker runs on another core, and at a lower CPU priority, so that when the machine is
+short of CPU, accepting mail (which makes senders wait) goes first and processing (which only
+delays the acknowledgement by a moment) catches up behind it.
+
+Between the service and the worker there are only the store and two pipes of one-byte
+doorbells, not multiprocessing's locks and events: a process killed while it holds one of
+those leaves the other blocked for ever. To the worker: "mail spooled" (and end of file when
+the service stops or dies). From the worker: "replies are due" and "start-up sweep done".
+The worker also asks Linux to kill it with the service (PR_SET_PDEATHSIG): a `kill -9` of
+`serve` leaves no worker behind to race the next one.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import threading
+from typing import Callable
+
+from refunddesk.desk import Desk
+from refunddesk.intake import pipeline
+from refunddesk.store import evidence
+from refunddesk.store.db import use_writer_turns
+
+log = logging.getLogger("refunddesk.worker")
+IDLE_WAIT = 1.0
+SUPERVISE_INTERVAL = 1.0
+RESTART_PAUSE, RESTART_PAUSE_MAX = 1.0, 60.0
+NICENESS = 19  # below the channels, so that acceptance wins the CPU during a burst
+PR_SET_PDEATHSIG = 1
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONTEXT = multiprocessing.get_context("spawn")  # no fork of a process with threads and a running loop
+SPOOLED, REPLIES_DUE, SWEPT = b"i", b"o", b"s"
+
+
+def ring(fd: int, signal_byte: bytes) -> bool:
+    """Write one doorbell byte without ever blocking; False if the other side is gone."""
+    try:
+        os.write(fd, signal_byte)
+    except BlockingIOError:
+        pass  # the pipe is full of rings the other side has not read yet: it is rung already
+    except OSError:
+        return False
+    return True
+
+
+class Worker:
+    """The worker process as the service sees it; started again if it ever ends by itself."""
+
+    def __init__(self, desk: Desk, replies_due: threading.Event, swept: threading.Event, stopping: threading.Event) -> None:
+        self.desk = desk
+        self.replies_due = replies_due
+        self.swept = swept
+        self.stopping = stopping
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.to_worker: int | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        to_reader, to_writer = CONTEXT.Pipe(duplex=False)
+        from_reader, from_writer = CONTEXT.Pipe(duplex=False)
+        self.process = CONTEXT.Process(
+            target=run_worker,
+            args=(self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level),
+            name="refunddesk-worker",
+            daemon=True,
+        )
+        self.process.start()
+        to_reader.close()  # the worker holds the only read end: it sees EOF when we are gone
+        from_writer.close()
+        self.to_worker = os.dup(to_writer.fileno())
+        to_writer.close()
+        os.set_blocking(self.to_worker, False)
+        self.listen(from_reader)
+
+    def listen(self, connection) -> None:
+        fd = os.dup(connection.fileno())
+        connection.close()
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            if REPLIES_DUE in data:
+                self.replies_due.set()
+            if SWEPT in data:
+                self.swept.set()
+            if not data:  # the worker is gone; supervise() starts another
+                loop.remove_reader(fd)
+                os.close(fd)
+
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, readable)
+
+    def ring(self) -> None:
+        """The channels' doorbell (any thread): a message was spooled."""
+        fd = self.to_worker
+        if fd is not None:
+            ring(fd, SPOOLED)
+
+    async def supervise(self) -> None:
+        """Spooled mail must never wait on a dead worker: a worker that ends by itself (a
+        crash in C code, the OOM killer) is logged and started again, with a growing pause."""
+        while not self.stopping.is_set():
+            await asyncio.to_thread(self.process.join, SUPERVISE_INTERVAL)
+            if self.process.is_alive() or self.stopping.is_set():
+                continue
+            self.restarts += 1
+            pause = min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2 ** min(self.restarts - 1, 10))
+            log.error("the worker ended unexpectedly (exit code %s); restarting it in %.0f s", self.process.exitcode, pause)
+            self.close_doorbell()
+            await asyncio.to_thread(self.stopping.wait, pause)
+            if not self.stopping.is_set():
+                self.start()
+
+    def close_doorbell(self) -> None:
+        fd, self.to_worker = self.to_worker, None
+        if fd is not None:
+            os.close(fd)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Let the worker finish the message in hand, then end it (it reads end of file)."""
+        self.close_doorbell()
+        if self.process is None:
+            return
+        self.process.join(timeout)
+        if self.process.is_alive():
+            log.warning("the worker did not stop within %s s; terminating it", timeout)
+            self.process.terminate()
+            self.process.join(5)
+
+
+# --- inside the worker process ------------------------------------------------------------------
+
+
+class Doorbell:
+    """The worker's end of the service's pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.closed = False
+
+    def wait(self, timeout: float) -> None:
+        """Until the service rings, stops, or `timeout` passes; then every ring is taken."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        while ready:
+            data = os.read(self.fd, 4096)
+            if not data:
+                self.closed = True
+                return
+            ready, _, _ = select.select([self.fd], [], [], 0)
+
+
+def run_worker(desk: Desk, to_worker, from_worker, parent: int, log_level: int) -> None:
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    die_with(parent)
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group; the service
+    # decides when the worker stops (it closes the pipe), so no message is cut half-way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.nice(NICENESS)
+    except OSError:
+        pass
+    fix_mmap_threshold()
+    use_writer_turns()
+    doorbell = Doorbell(os.dup(to_worker.fileno()))
+    to_worker.close()
+    notify_fd = os.dup(from_worker.fileno())
+    from_worker.close()
+    os.set_blocking(notify_fd, False)
+    work(desk, doorbell, lambda signal_byte: ring(notify_fd, signal_byte))
+
+
+def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool]) -> None:
+    db = desk.open_db()
+    # Telegram files are written before their update is spooled, and become evidence rows
+    # only when processed: finish what is pending before the sweep, or it deletes them.
+    try:
+        while pipeline.process_pending(desk, db, limit=100) == 100:
+            pass
+        removed = evidence.remove_orphans(db, desk.files)
+        if removed:
+            log.info("removed %d evidence files no case refers to (left by an interrupted run)", removed)
+    except Exception:
+        log.exception("start-up sweep of orphaned evidence files failed")
+    finally:
+        notify(SWEPT)
+    while not doorbell.closed:
+        try:
+            # One message a pass: its replies go out while the next one is processed (a
+            # pass of 100 held every acknowledgement of a backlog until the last was done).
+            handled = pipeline.process_pending(desk, db, limit=1)
+        except Exception:
+            log.exception("worker pass failed; retrying")
+            handled = 0
+        if handled:
+            notify(REPLIES_DUE)
+        doorbell.wait(0 if handled else IDLE_WAIT)
+    db.conn.close()
+
+
+def die_with(parent: int) -> None:
+    """Ask Linux to end this process when the service's process ends, however it ends."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # elsewhere the worker ends when it reads end of file from the service's pipe
+    if os.getppid() != parent:  # the service died before the request was made
+        os._exit(0)
+
+
+def fix_mmap_threshold(size: int = 128 * 1024) -> None:
+    """glibc raises its mmap threshold every time a large block is freed (up to 32 MB): after
+    the first 25 MB mail, such mails are allocated in the heap, whose freed memory is rarely
+    returned. A burst of them left serve at 270 MB after it ended, 130 MB with a fixed
+    threshold, and its peak went from 350 to ~300 MB (bench/memory.py). Elsewhere: nothing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, size)
+    except (OSError, AttributeError):
+        pass
