@@ -107,6 +107,9 @@ class Service:
 
     async def run(self) -> None:
         fix_mmap_threshold()
+        # Create or migrate the store once, before the worker and the channels each open it:
+        # on a fresh store their connections would all run the migrations at the same moment.
+        self.desk.open_db().conn.close()
         use_writer_turns()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

@@ -119,3 +119,40 @@ def test_without_a_relay_letters_are_written_as_eml_files(store, tmp_path):
     msg = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
     assert msg["To"] == "wei@customer.test" and msg["Auto-Submitted"] == "auto-replied"
     assert row(db, first)["status"] == "sent"
+
+
+class SlowHandler(RecordingHandler):
+    """A relay that takes its time over each letter and notes how many it holds at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = 0
+        self.most_at_once = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        self.holding += 1
+        self.most_at_once = max(self.most_at_once, self.holding)
+        try:
+            await asyncio.sleep(0.1)
+            return await super().handle_DATA(server, session, envelope)
+        finally:
+            self.holding -= 1
+
+
+def test_letters_to_different_people_go_out_together_and_one_persons_in_order(store):
+    handler = SlowHandler()
+    port = free_port()
+    server = Controller(handler, hostname="127.0.0.1", port=port)
+    desk, db, sender = store(None, **{"email.outgoing.host": "127.0.0.1", "email.outgoing.port": port})
+    mine = [enqueue(db, "ada@customer.test", subject=f"[RF-000001] letter {n}") for n in range(3)]
+    others = [enqueue(db, f"person{n}@customer.test") for n in range(12)]
+    server.start()
+    try:
+        assert asyncio.run(deliver_due(db, sender)) == 15
+    finally:
+        server.stop()
+    assert all(row(db, i)["status"] == "sent" for i in mine + others)
+    subjects = [m.message["Subject"] for m in handler.messages if m.rcpt_tos == ["ada@customer.test"]]
+    assert subjects == [f"[RF-000001] letter {n}" for n in range(3)]  # one person's letters in order
+    # Several recipients at once (the window opens with each success), never more than its limit.
+    assert 2 < handler.most_at_once <= 8, handler.most_at_once

@@ -1,0 +1,80 @@
+"""The worker runs in a process of its own: it is supervised, and it never outlives serve.
+
+Real `refunddesk serve` in a subprocess, real SMTP to it, a recording relay for the answers.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+from conftest import wait_for
+from mail_fixtures import REFUNDS, desk_from, letter, mail_settings, relay, send  # noqa: F401 (fixture)
+from processes import process_tree
+from serving import Served
+
+REQUEST = "The API froze and I was charged 12.50 USD on 2026-11-20 10:00, account acme-7.\n"
+
+
+def start_serve(tmp_path, relay) -> tuple[Served, int]:
+    settings = mail_settings(tmp_path, relay)
+    _, config = desk_from(tmp_path, settings)
+    port = settings["email.smtp_intake.port"]
+    return Served(config, tmp_path / "serve.log").start(wait_ports=(port,)), port
+
+
+def worker_of(served: Served) -> int:
+    """The worker's pid: serve's child that is not multiprocessing's resource tracker."""
+    def found() -> int | None:
+        for pid in process_tree(served.process.pid)[1:]:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"spawn_main" in handle.read():
+                    return pid
+        return None
+
+    return wait_for(found, 20, message="the worker process")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_worker_that_dies_is_restarted_and_the_mail_spooled_meanwhile_is_answered(tmp_path, relay):
+    served, port = start_serve(tmp_path, relay)
+    try:
+        first = worker_of(served)
+        os.kill(first, signal.SIGKILL)  # as the OOM killer would
+        customer = "after-crash@customer.test"
+        assert send(port, letter(customer, "Refund", REQUEST), customer, REFUNDS) == {}  # intake goes on
+        (ack,) = relay.wait_for(customer, timeout=30)
+        assert "[RF-" in ack["Subject"]
+        assert worker_of(served) != first
+        assert "the worker ended unexpectedly (exit code -9)" in served.output()
+    finally:
+        assert served.stop() == 0, served.output()[-3000:]
+
+
+def test_kill_9_of_serve_leaves_no_worker_behind(tmp_path, relay):
+    served, _ = start_serve(tmp_path, relay)
+    worker = worker_of(served)
+    children = process_tree(served.process.pid)[1:]
+    served.stop(signal.SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in children), 10, message="serve's children to end with it")
+    assert not alive(worker)
+
+
+def test_sigterm_to_the_whole_process_group_stops_serve_cleanly(tmp_path, relay):
+    """A service manager signals every process of the service at once: the worker must not
+    be cut mid-message or left waiting; serve stops everything and exits 0."""
+    served, port = start_serve(tmp_path, relay)
+    worker = worker_of(served)
+    customer = "group-stop@customer.test"
+    send(port, letter(customer, "Refund", REQUEST), customer, REFUNDS)
+    relay.wait_for(customer)
+    os.kill(worker, signal.SIGTERM)  # what the group signal does to the worker, first
+    assert served.stop(signal.SIGTERM) == 0
+    assert "stopped" in served.output()
+    assert not alive(worker)
