@@ -37,6 +37,7 @@ REFUNDS = "refunds@desk.test"
 APPEALS = "appeals@desk.test"
 SHANGHAI = timezone(timedelta(hours=8))
 sys.path.insert(0, str(REPO / "tests"))
+from conftest import free_port, wait_for, write_config  # noqa: E402,F401  (the tests' helpers)
 from processes import process_tree, tree_status, vm_status  # noqa: E402,F401  (serve and its worker)
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -61,23 +62,6 @@ signal.signal(signal.SIGTERM, _raise_interrupt)  # a killed benchmark still stop
 
 
 # --- processes and ports -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.01, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def port_open(port: int) -> bool:
@@ -113,28 +97,6 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
 
 
 # --- the real service ----------------------------------------------------------------------------
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def write_config(path: Path, settings: dict[str, Any]) -> Path:
-    sections: dict[str, dict[str, Any]] = {}
-    for key, value in settings.items():
-        section, _, name = key.rpartition(".")
-        sections.setdefault(section, {})[name] = value
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{name} = {toml_value(value)}" for name, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines), "utf-8")
-    return path
 
 
 def base_settings(folder: Path, **overrides: Any) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class Worker:
         self.stopping = stopping
         self.process: multiprocessing.process.BaseProcess | None = None
         self.to_worker: int | None = None
+        # ring() runs in the channels' threads: the pipe must not be closed between its read
+        # of the descriptor and its write, or the byte could land in a file that reused the number.
+        self.doorbell_lock = threading.Lock()
         self.restarts = 0
 
     def start(self) -> None:
@@ -80,9 +83,11 @@ class Worker:
         self.process.start()
         to_reader.close()  # the worker holds the only read end: it sees EOF when we are gone
         from_writer.close()
-        self.to_worker = os.dup(to_writer.fileno())
+        doorbell = os.dup(to_writer.fileno())
         to_writer.close()
-        os.set_blocking(self.to_worker, False)
+        os.set_blocking(doorbell, False)
+        with self.doorbell_lock:
+            self.to_worker = doorbell
         self.listen(from_reader)
 
     def listen(self, connection) -> None:
@@ -108,9 +113,9 @@ class Worker:
 
     def ring(self) -> None:
         """The channels' doorbell (any thread): a message was spooled."""
-        fd = self.to_worker
-        if fd is not None:
-            ring(fd, SPOOLED)
+        with self.doorbell_lock:
+            if self.to_worker is not None:
+                ring(self.to_worker, SPOOLED)
 
     async def supervise(self) -> None:
         """Spooled mail must never wait on a dead worker: a worker that ends by itself (a
@@ -128,9 +133,10 @@ class Worker:
                 self.start()
 
     def close_doorbell(self) -> None:
-        fd, self.to_worker = self.to_worker, None
-        if fd is not None:
-            os.close(fd)
+        with self.doorbell_lock:
+            fd, self.to_worker = self.to_worker, None
+            if fd is not None:
+                os.close(fd)
 
     def stop(self, timeout: float = 30) -> None:
         """Let the worker finish the message in hand, then end it (it reads end of file)."""

@@ -138,6 +138,14 @@ def relay():
     server.stop()
 
 
+@pytest.fixture(scope="module", name="relay")
+def module_relay():
+    """The same, one for a whole module: import this for tests that share one served desk."""
+    server = Relay().start()
+    yield server
+    server.stop()
+
+
 def letter(
     sender: str,
     subject: str,

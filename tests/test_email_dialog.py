@@ -14,20 +14,13 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import wait_for
-from mail_fixtures import APPEALS, PNG, REFUNDS, MailDesk, Relay, letter, mail_settings
+from mail_fixtures import APPEALS, PNG, REFUNDS, MailDesk, letter, mail_settings, module_relay  # noqa: F401 (fixture: one relay per module)
 from refunddesk.store import cases as case_store
 from refunddesk.store.clock import utcnow
 from refunddesk.store.db import transaction
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MAX_BYTES = 300_000
-
-
-@pytest.fixture(scope="module")
-def relay():
-    server = Relay().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

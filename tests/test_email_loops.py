@@ -13,17 +13,10 @@ from email.mime.text import MIMEText
 
 import pytest
 
-from mail_fixtures import PNG, MailDesk, Relay, letter, mail_settings
+from mail_fixtures import PNG, MailDesk, letter, mail_settings, module_relay  # noqa: F401 (fixture: one relay per module)
 from test_email_dialog import request_text
 
 CAP = 3
-
-
-@pytest.fixture(scope="module")
-def relay():
-    server = Relay().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

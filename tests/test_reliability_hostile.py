@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
-from mail_fixtures import PNG, REFUNDS, MailDesk, Relay, desk_from, letter, mail_settings, send
+from mail_fixtures import PNG, REFUNDS, MailDesk, desk_from, letter, mail_settings, send, module_relay  # noqa: F401 (fixture: one relay per module)
 from processes import tree_status
 from refunddesk.intake.email import smtp as smtp_module
 from refunddesk.intake.email.parse import MailRejected, parse_mail
@@ -164,13 +164,6 @@ HOSTILE = [
 
 
 # --- the service ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def relay():
-    server = Relay().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

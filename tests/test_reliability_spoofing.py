@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from mail_fixtures import MailDesk, Relay, letter, mail_settings
+from mail_fixtures import MailDesk, letter, mail_settings, module_relay  # noqa: F401 (fixture: one relay per module)
 from refunddesk.review.case_view import agent_view
 from refunddesk.store.clock import utcnow
 
@@ -35,13 +35,6 @@ CASES = {
     "no verdict of the trusted MTA, only a forged one of ours": (FORGED, [FORGED], "unverified"),
     "upstream passes": (UPSTREAM_PASS, [], "verified"),
 }
-
-
-@pytest.fixture(scope="module")
-def relay():
-    server = Relay().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
