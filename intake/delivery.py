@@ -97,7 +97,11 @@ async def deliver_due(db: sqlite_utils.Database, sender: Sender, now: datetime |
                 delivered += await deliver_one(db, sender, row, window)
         return delivered
 
-    return sum(await asyncio.gather(*(deliver_chain(rows) for rows in chains.values())))
+    results = await asyncio.gather(*(deliver_chain(rows) for rows in chains.values()), return_exceptions=True)
+    for result in results:  # every chain has finished; a failure of the store itself is raised
+        if isinstance(result, BaseException):
+            raise result
+    return sum(results)
 
 
 async def deliver_one(db: sqlite_utils.Database, sender: Sender, row: dict[str, Any], window: Window) -> int:

@@ -35,7 +35,6 @@ from refunddesk.store.db import use_writer_turns
 
 log = logging.getLogger("refunddesk.worker")
 IDLE_WAIT = 1.0
-SUPERVISE_INTERVAL = 1.0
 RESTART_PAUSE, RESTART_PAUSE_MAX = 1.0, 60.0
 NICENESS = 19  # below the channels, so that acceptance wins the CPU during a burst
 PR_SET_PDEATHSIG = 1
@@ -120,10 +119,18 @@ class Worker:
     async def supervise(self) -> None:
         """Spooled mail must never wait on a dead worker: a worker that ends by itself (a
         crash in C code, the OOM killer) is logged and started again, with a growing pause."""
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
-            await asyncio.to_thread(self.process.join, SUPERVISE_INTERVAL)
-            if self.process.is_alive() or self.stopping.is_set():
-                continue
+            ended = loop.create_future()
+            sentinel = self.process.sentinel  # readable once the process has ended
+            loop.add_reader(sentinel, lambda: ended.done() or ended.set_result(None))
+            try:
+                await ended
+            finally:
+                loop.remove_reader(sentinel)
+            self.process.join()
+            if self.stopping.is_set():
+                return
             self.restarts += 1
             pause = min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2 ** min(self.restarts - 1, 10))
             log.error("the worker ended unexpectedly (exit code %s); restarting it in %.0f s", self.process.exitcode, pause)
