@@ -75,7 +75,9 @@ class Worker:
         from_reader, from_writer = CONTEXT.Pipe(duplex=False)
         self.process = CONTEXT.Process(
             target=run_worker,
-            args=(self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level),
+            # Only until one worker has swept: after that the Telegram bot runs (it waits for
+            # the sweep), and its downloads are on disk a moment before their update is spooled.
+            args=(self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, not self.swept.is_set()),
             name="refunddesk-worker",
             daemon=True,
         )
@@ -152,8 +154,10 @@ class Worker:
             return
         self.process.join(timeout)
         if self.process.is_alive():
-            log.warning("the worker did not stop within %s s; terminating it", timeout)
-            self.process.terminate()
+            # It ignores SIGTERM (a service manager's group signal must not cut a message),
+            # so a worker stuck past the timeout is killed; its transaction rolls back.
+            log.warning("the worker did not stop within %s s; killing it", timeout)
+            self.process.kill()
             self.process.join(5)
 
 
@@ -178,7 +182,7 @@ class Doorbell:
             ready, _, _ = select.select([self.fd], [], [], 0)
 
 
-def run_worker(desk: Desk, to_worker, from_worker, parent: int, log_level: int) -> None:
+def run_worker(desk: Desk, to_worker, from_worker, parent: int, log_level: int, sweep: bool) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     die_with(parent)
     # Ctrl-C and a service manager's SIGTERM reach the whole process group; the service
@@ -196,22 +200,13 @@ def run_worker(desk: Desk, to_worker, from_worker, parent: int, log_level: int) 
     notify_fd = os.dup(from_worker.fileno())
     from_worker.close()
     os.set_blocking(notify_fd, False)
-    work(desk, doorbell, lambda signal_byte: ring(notify_fd, signal_byte))
+    work(desk, doorbell, lambda signal_byte: ring(notify_fd, signal_byte), sweep)
 
 
-def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool]) -> None:
+def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep: bool = True) -> None:
     db = desk.open_db()
-    # Telegram files are written before their update is spooled, and become evidence rows
-    # only when processed: finish what is pending before the sweep, or it deletes them.
-    try:
-        while pipeline.process_pending(desk, db, limit=100) == 100:
-            pass
-        removed = evidence.remove_orphans(db, desk.files)
-        if removed:
-            log.info("removed %d evidence files no case refers to (left by an interrupted run)", removed)
-    except Exception:
-        log.exception("start-up sweep of orphaned evidence files failed")
-    finally:
+    if sweep:
+        sweep_orphans(desk, db)
         notify(SWEPT)
     while not doorbell.closed:
         try:
@@ -225,6 +220,20 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool]) -> Non
             notify(REPLIES_DUE)
         doorbell.wait(0 if handled else IDLE_WAIT)
     db.conn.close()
+
+
+def sweep_orphans(desk: Desk, db) -> None:
+    """Delete evidence files no case refers to, left by a run that was cut off."""
+    # Telegram files are written before their update is spooled, and become evidence rows
+    # only when processed: finish what is pending before the sweep, or it deletes them.
+    try:
+        while pipeline.process_pending(desk, db, limit=100) == 100:
+            pass
+        removed = evidence.remove_orphans(db, desk.files)
+        if removed:
+            log.info("removed %d evidence files no case refers to (left by an interrupted run)", removed)
+    except Exception:
+        log.exception("start-up sweep of orphaned evidence files failed")
 
 
 def die_with(parent: int) -> None:

@@ -78,3 +78,27 @@ def test_sigterm_to_the_whole_process_group_stops_serve_cleanly(tmp_path, relay)
     assert served.stop(signal.SIGTERM) == 0
     assert "stopped" in served.output()
     assert not alive(worker)
+
+
+def test_a_restarted_worker_leaves_files_in_flight_alone_and_the_next_start_sweeps_them(tmp_path, relay):
+    """The start-up sweep deletes files no case refers to. Once the Telegram bot runs, such a
+    file may be a download whose update is about to be spooled: only a service's first worker
+    sweeps, a worker restarted beside a running bot does not."""
+    served, port = start_serve(tmp_path, relay)
+    first_customer, second_customer = "first@customer.test", "second@customer.test"
+    send(port, letter(first_customer, "Refund", REQUEST), first_customer, REFUNDS)
+    relay.wait_for(first_customer)  # the first worker has swept (it sweeps before it reads mail)
+    in_flight = tmp_path / "files" / "ab" / "cd" / ("abcd" + "0" * 60)
+    in_flight.parent.mkdir(parents=True, exist_ok=True)
+    in_flight.write_bytes(b"a download whose update is not spooled yet")
+    os.kill(worker_of(served), signal.SIGKILL)
+    send(port, letter(second_customer, "Refund", REQUEST), second_customer, REFUNDS)
+    relay.wait_for(second_customer, timeout=30)  # answered by the restarted worker
+    assert in_flight.exists()
+    assert served.stop() == 0
+    restarted, _ = start_serve(tmp_path, relay)
+    try:
+        wait_for(lambda: not in_flight.exists(), 20, message="the next service's first worker to sweep")
+        assert "removed 1 evidence files no case refers to" in restarted.output()
+    finally:
+        restarted.stop()
