@@ -11,8 +11,9 @@ and the end-to-end rate: every mail turned into a case with its acknowledgement 
     python bench/smtp_intake.py --split     # what-if: the receiver in a process of its own
 
 --split measures a design serve does not have (yet): the product's SMTP receiver alone in one
-process, and `refunddesk serve` without SMTP intake (worker and senders) in another, on the
-same store. It shows what moving the worker out of the receiver's interpreter would give.
+process, and `refunddesk serve` without SMTP intake (its senders, and its worker in a process
+of its own) beside it, on the same store. It shows what moving the receiver out of the
+senders' interpreter would give.
 
 Targets (issue 7): acceptance >= 70 % of the sink's rate, end-to-end >= 50 %.
 """
