@@ -37,17 +37,6 @@ def spool(
         return row[0], False
 
 
-def spool_many(
-    db: sqlite_utils.Database,
-    channel: str,
-    messages: list[tuple[str, bytes, datetime, dict[str, Any] | None]],
-) -> list[int]:
-    """Store several raw messages, each with a transport id of its own, in one commit
-    (all or none). Returns their row ids, in order; an id already spooled returns its row."""
-    with transaction(db):
-        return [spool(db, channel, transport_id, raw, received_at, meta)[0] for transport_id, raw, received_at, meta in messages]
-
-
 def pending_ids(db: sqlite_utils.Database, limit: int = 100) -> list[int]:
     return [r[0] for r in db.execute("SELECT id FROM inbound WHERE status = 'pending' ORDER BY id LIMIT ?", [limit])]
 

@@ -6,16 +6,14 @@ carries internal detail. Parsing, policy and answers happen later, in the worker
 
 aiosmtpd runs its event loop in a thread of its own. SQLite work must not block that loop
 (other clients are mid-conversation), so commits run on one dedicated thread that owns its
-own connection and commits what arrived together (see Spooler).
+own connection and commits what arrived together (store/committer.py).
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
-import queue
 import ssl
-import threading
 import uuid
 from typing import Any, Callable
 
@@ -24,6 +22,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, sy
 
 from refunddesk.desk import Desk
 from refunddesk.store import spool
+from refunddesk.store.committer import GroupCommitter
 from refunddesk.store.clock import utcnow
 
 from . import authresults
@@ -45,8 +44,6 @@ REPLY_BUSY = "451 4.3.2 Too many large messages at once, please try again later"
 LARGE_MESSAGE = 1024 * 1024
 LARGE_TRANSFERS = 1
 LARGE_WAIT = 60  # seconds a large transfer may wait for its turn; then 451 and the sender retries
-GROUP_MAX = 200  # messages committed together at the most
-GROUP_BYTES = 64 * 1024 * 1024  # and their size: a group of large mails is held in memory once, not twice
 
 
 class IntakeSMTP(SMTP):
@@ -82,76 +79,18 @@ class IntakeController(Controller):
 
 
 class Spooler:
-    """Commits raw messages on one thread that owns its SQLite connection, in groups.
-
-    Each commit is an fsync and a turn at SQLite's one write lock, which the worker holds
-    for a few milliseconds per message it processes. Committed one by one, messages were
-    accepted no faster than the worker processed them (~130/s, bench/smtp_intake.py);
-    whatever arrived while the thread waited is now committed together, and every sender
-    in the group gets its 250 after that one commit (group commit, as databases do it)."""
+    """Commits raw messages together with whatever else arrived meanwhile (store/committer.py):
+    every sender in a group gets its 250 after that group's one commit."""
 
     def __init__(self, desk: Desk) -> None:
-        self.desk = desk
-        self.waiting: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self.run, name="smtp-spool", daemon=True)
-        self.thread.start()
+        self.committer = GroupCommitter(desk.open_db, "smtp-spool")
 
     async def store(self, raw: bytes, meta: dict[str, Any]) -> int:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        self.waiting.put((raw, meta, done, loop))
-        return await done
-
-    def run(self) -> None:
-        db = None
-        while True:
-            group = self.next_group()
-            if group is None:
-                break
-            try:
-                if db is None:
-                    db = self.desk.open_db()
-                now = utcnow()
-                ids = spool.spool_many(db, "email", [(f"smtp:{uuid.uuid4().hex}", raw, now, meta) for raw, meta, _, _ in group])
-            except Exception as exc:  # nothing of the group was committed: each sender gets 451
-                for _, _, done, loop in group:
-                    loop.call_soon_threadsafe(settle, done, None, exc)
-            else:
-                for (_, _, done, loop), inbound_id in zip(group, ids):
-                    loop.call_soon_threadsafe(settle, done, inbound_id, None)
-        if db is not None:
-            db.conn.close()
-
-    def next_group(self) -> list[tuple] | None:
-        """The messages waiting now (at least one, waiting for it), or None when closed."""
-        first = self.waiting.get()
-        if first is None:
-            return None
-        group, size = [first], len(first[0])
-        while len(group) < GROUP_MAX and size < GROUP_BYTES:
-            try:
-                item = self.waiting.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self.waiting.put(None)  # close after this group
-                break
-            group.append(item)
-            size += len(item[0])
-        return group
+        transport_id, now = f"smtp:{uuid.uuid4().hex}", utcnow()
+        return await self.committer.write(lambda db: spool.spool(db, "email", transport_id, raw, now, meta)[0], len(raw))
 
     def close(self) -> None:
-        self.waiting.put(None)
-        self.thread.join()
-
-
-def settle(done: asyncio.Future, result: int | None, error: Exception | None) -> None:
-    if done.done():  # the client hung up meanwhile; what was committed stays committed
-        return
-    if error is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(result)
+        self.committer.close()
 
 
 class IntakeHandler:
