@@ -69,33 +69,34 @@ def process(desk: Desk, db: sqlite_utils.Database, inbound_id: int, now: datetim
     except MailRejected as exc:
         log.warning("inbound %s refused: %s", inbound_id, exc)
         with transaction(db):
-            if status_now(db, inbound_id) != "pending":
-                return status_now(db, inbound_id)
+            if (status := status_now(db, inbound_id)) != "pending":
+                return status
             spool.finish(db, inbound_id, "dead", now, error=f"refused: {exc}")
             answer_refused_mail(desk, db, row, str(exc), now)
         return "dead"
     except Exception as exc:  # any parser bug must cost one message its processing, never the worker
         log.exception("inbound %s could not be parsed; kept as a dead letter", inbound_id)
-        with transaction(db):
-            if status_now(db, inbound_id) != "pending":
-                return status_now(db, inbound_id)
-            spool.finish(db, inbound_id, "dead", now, error=f"{type(exc).__name__}: {exc}"[:1000])
-        return "dead"
+        return keep_as_dead_letter(db, inbound_id, exc, now)
     try:
         # Files first, outside the write lock that the channels wait for (content-addressed,
         # so writing one twice is harmless; an orphan of a crash is swept at start-up).
         files = [evidence.store_file(desk.files, a.data, a.content_type) if a.data is not None else None for a in parsed.inbound.attachments]
         with transaction(db):
-            if status_now(db, inbound_id) != "pending":
-                return status_now(db, inbound_id)
+            if (status := status_now(db, inbound_id)) != "pending":
+                return status
             return apply(desk, db, row, parsed, now, files)
     except Exception as exc:
         log.exception("inbound %s failed in processing; kept as a dead letter", inbound_id)
-        with transaction(db):
-            if status_now(db, inbound_id) != "pending":
-                return status_now(db, inbound_id)
-            spool.finish(db, inbound_id, "dead", now, error=f"{type(exc).__name__}: {exc}"[:1000])
-        return "dead"
+        return keep_as_dead_letter(db, inbound_id, exc, now)
+
+
+def keep_as_dead_letter(db: sqlite_utils.Database, inbound_id: int, exc: Exception, now: datetime) -> str:
+    """Mark the row dead with the error (its raw bytes stay), unless another worker finished it."""
+    with transaction(db):
+        if (status := status_now(db, inbound_id)) != "pending":
+            return status
+        spool.finish(db, inbound_id, "dead", now, error=f"{type(exc).__name__}: {exc}"[:1000])
+    return "dead"
 
 
 def status_now(db: sqlite_utils.Database, inbound_id: int) -> str:

@@ -239,8 +239,7 @@ def sweep_orphans(desk: Desk, db) -> None:
 def die_with(parent: int) -> None:
     """Ask Linux to end this process when the service's process ends, however it ends."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # elsewhere the worker ends when it reads end of file from the service's pipe
     if os.getppid() != parent:  # the service died before the request was made
@@ -253,7 +252,10 @@ def fix_mmap_threshold(size: int = 128 * 1024) -> None:
     returned. A burst of them left serve at 270 MB after it ended, 130 MB with a fixed
     threshold, and its peak went from 350 to ~300 MB (bench/memory.py). Elsewhere: nothing."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, size)
+        libc().mallopt(M_MMAP_THRESHOLD, size)
     except (OSError, AttributeError):
         pass
+
+
+def libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
