@@ -24,7 +24,7 @@ from telegram.error import BadRequest, Conflict, InvalidToken, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from refunddesk.bot.inbound import COMMANDS
-from refunddesk.bot.send import TelegramSender, command_menu
+from refunddesk.bot.send import command_menu, make_bot
 from refunddesk.desk import Desk
 from refunddesk.store import evidence, spool
 from refunddesk.store.clock import utcnow
@@ -45,15 +45,12 @@ class NotAccepted(Exception):
 class TelegramBot:
     def __init__(self, desk: Desk, wake: Callable[[], None]) -> None:
         config = desk.config
-        builder = Application.builder().token(config["telegram.token"]).updater(None)
-        api_url = config["telegram.api_url"].rstrip("/")
-        if api_url:
-            builder = builder.base_url(f"{api_url}/bot").base_file_url(f"{api_url}/file/bot")
-        self.app = builder.build()
+        # The replies leave from the worker's process (refunddesk/outbound.py), by a Bot of its own.
+        self.app = Application.builder().bot(make_bot(config)).updater(None).build()
         self.desk = desk
         self.wake = wake
         self.file_limit = min(config["telegram.max_file_bytes"], BOT_API_DOWNLOAD_LIMIT)
-        self.sender = TelegramSender(self.app.bot)
+        self.connected = False
         self.db = desk.open_db()
         self.offset: int | None = None
         self.failures: dict[int, BaseException] = {}
@@ -84,14 +81,14 @@ class TelegramBot:
             await asyncio.gather(self.task, return_exceptions=True)
         # A spool commit already running in a thread finishes before its connection closes.
         await asyncio.gather(*self.in_flight, return_exceptions=True)
-        if self.offset is not None and self.sender.ready:
+        if self.offset is not None and self.connected:
             # Tell Telegram what we stored, so the next start does not fetch it again
             # (harmless if this fails: the spool drops an update_id it already has).
             try:
                 await asyncio.wait_for(self.app.bot.get_updates(offset=self.offset, timeout=0, limit=1, allowed_updates=ALLOWED_UPDATES), 3)
             except (TelegramError, asyncio.TimeoutError) as exc:
                 log.debug("final acknowledgement failed: %s", exc)
-        self.sender.ready = False
+        self.connected = False
         await self.app.shutdown()
         self.db.conn.close()
 
@@ -139,7 +136,7 @@ class TelegramBot:
                 attempt += 1
                 log.warning("cannot reach the Telegram Bot API (%s); retrying", exc)
                 await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1])
-        self.sender.ready = True
+        self.connected = True
         log.info("Telegram bot @%s polling", self.app.bot.username)
 
     async def set_commands(self) -> None:

@@ -8,6 +8,7 @@ the order they were written, and a chat never sees the second question before th
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import warnings
@@ -25,6 +26,15 @@ MESSAGE_LIMIT = 4096  # characters Telegram accepts in one message
 NETWORK_BACKOFF_SECONDS = (2, 5, 15, 30, 60)
 QUEUE_MARGIN_SECONDS = 0.25  # held messages retry this long after the one that failed
 NOT_READY_SECONDS = 2
+CONNECT_RETRY_SECONDS = (1, 2, 5, 10, 30)
+
+
+def make_bot(config) -> Bot:
+    """The Bot API client for the configured token (and API server, for a local or test one)."""
+    api_url = config["telegram.api_url"].rstrip("/")
+    if api_url:
+        return Bot(config["telegram.token"], base_url=f"{api_url}/bot", base_file_url=f"{api_url}/file/bot")
+    return Bot(config["telegram.token"])
 
 
 class TelegramSender:
@@ -35,6 +45,28 @@ class TelegramSender:
         self.ready = False
         self.hold_until = 0.0  # monotonic time before which nothing is sent
         self.network_failures = 0
+
+    async def connect(self) -> None:
+        """getMe until Telegram answers; until then rows wait (the bot's poller logs the outage)."""
+        attempt = 0
+        while True:
+            try:
+                await self.bot.initialize()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                log.debug("the Telegram sender cannot reach the Bot API yet (%s)", exc)
+                await asyncio.sleep(CONNECT_RETRY_SECONDS[min(attempt, len(CONNECT_RETRY_SECONDS)) - 1])
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        try:
+            await self.bot.shutdown()
+        except Exception as exc:  # nothing is left to deliver; a failing close must not hide that
+            log.debug("closing the Telegram sender: %s", exc)
 
     async def deliver(self, row: dict[str, Any]) -> None:
         self.wait_turn()

@@ -1,9 +1,9 @@
-"""`refunddesk serve`: the worker, the outbox senders and every enabled channel.
+"""`refunddesk serve`: every enabled channel, the worker and the outbox senders.
 
-The channels and the senders run in this process; the worker runs in a process of its own
-(refunddesk/worker.py). Channels wake it the moment they have committed a message, and it wakes
-the senders when it has written a reply, so an acknowledgement leaves within a second, not at
-the next poll.
+The channels, the console and the watchers run in this process; the worker and the senders
+run in a process of its own (refunddesk/worker.py, refunddesk/outbound.py). Channels wake the
+worker the moment they have committed a message, and the worker wakes its senders when it
+has written a reply, so an acknowledgement leaves within a second, not at the next poll.
 SIGTERM and SIGINT stop everything cleanly: channels stop accepting first, the worker finishes
 the message in hand, senders finish the delivery in hand.
 """
@@ -16,56 +16,25 @@ import threading
 from typing import Any, Callable
 
 from refunddesk.desk import Desk
-from refunddesk.intake.delivery import Sender, deliver_due
-from refunddesk.intake.email.send import EmailSender
-from refunddesk.store.outbox import next_due_at
-from refunddesk.store.clock import utcnow
 from refunddesk.store.db import use_writer_turns
 from refunddesk.worker import Worker, fix_mmap_threshold
 
 log = logging.getLogger("refunddesk.service")
-IDLE_WAIT = 1.0
 
 
 class Service:
     def __init__(self, desk: Desk) -> None:
         self.desk = desk
         self.stopping = threading.Event()
-        self.replies_due = threading.Event()  # the worker wrote replies, or a retry is due
         self.swept = threading.Event()  # the worker's start-up sweep of orphaned files is over
-        self.worker = Worker(desk, self.replies_due, self.swept, self.stopping)
-        self.senders: list[Sender] = []
+        self.worker = Worker(desk, self.swept, self.stopping)
         self.stoppers: list[Callable[[], Any]] = []
         self.tasks: list[asyncio.Task] = []
-
-    # --- the senders ---------------------------------------------------------------------------
-
-    async def send_loop(self) -> None:
-        db = self.desk.open_db()
-        while not self.stopping.is_set():
-            self.replies_due.clear()
-            for sender in self.senders:
-                try:
-                    await deliver_due(db, sender)
-                except Exception:
-                    log.exception("sender %s failed a pass", sender.channel)
-            await asyncio.to_thread(self.replies_due.wait, self.next_wait(db))
-        db.conn.close()
-
-    def next_wait(self, db) -> float:
-        soonest = [next_due_at(db, s.channel) for s in self.senders]
-        soonest = [s for s in soonest if s is not None]
-        if not soonest:
-            return IDLE_WAIT
-        return max(0.05, min(IDLE_WAIT, (min(soonest) - utcnow()).total_seconds()))
 
     # --- wiring --------------------------------------------------------------------------------
 
     async def start_channels(self) -> None:
         config = self.desk.config
-        self.senders.append(
-            EmailSender(config.section("email.outgoing"), self.desk.addresses.refunds, config.path("email.outgoing.folder"), config["email.from_name"])
-        )
         if config["email.smtp_intake.enabled"]:
             from refunddesk.intake.email.smtp import start_receiver
 
@@ -83,7 +52,6 @@ class Service:
 
             await asyncio.to_thread(self.swept.wait, 60)  # no download may race the sweep
             bot = await start_bot(self.desk, self.worker.ring)
-            self.senders.append(bot.sender)
             self.stoppers.append(bot.stop)
             log.info("Telegram bot started")
         if config["console.enabled"]:
@@ -97,13 +65,13 @@ class Service:
                 log.info("console on http://%s:%s/", config["console.host"], config["console.port"])
         from refunddesk.intake import reminders
 
-        self.tasks.append(asyncio.create_task(reminders.watch(self.desk, self.stopping, self.replies_due)))
+        self.tasks.append(asyncio.create_task(reminders.watch(self.desk, self.stopping, self.worker)))
         try:
             from refunddesk.review.sla import watch
         except ImportError:
             pass
         else:
-            self.tasks.append(asyncio.create_task(watch(self.desk, self.stopping, self.replies_due)))
+            self.tasks.append(asyncio.create_task(watch(self.desk, self.stopping, self.worker)))
 
     async def run(self) -> None:
         fix_mmap_threshold()
@@ -118,7 +86,6 @@ class Service:
         self.worker.start()
         supervising = asyncio.create_task(self.worker.supervise())
         await self.start_channels()
-        sending = asyncio.create_task(self.send_loop())
         log.info("refunddesk serving (policy %s, store %s)", self.desk.policy.id, self.desk.db_path)
         await stop.wait()
         log.info("stopping")
@@ -127,10 +94,8 @@ class Service:
             if asyncio.iscoroutine(result):
                 await result
         self.stopping.set()
-        self.replies_due.set()
         for task in self.tasks:
             task.cancel()
-        await sending
         await asyncio.to_thread(self.worker.stop)
         await supervising
         log.info("stopped")

@@ -1,7 +1,8 @@
 """The worker: the pipeline over the inbound spool, in a process of its own.
 
 The channels only accept (SMTP 250, IMAP move, Telegram offset) and the worker does the
-CPU-bound part (MIME parsing, the dialog, rules, rendering). In one interpreter they shared
+CPU-bound part (MIME parsing, the dialog, rules, rendering), and sends the replies
+(refunddesk/outbound.py, in a thread of this process). In one interpreter they shared
 one GIL: during a burst the worker's parsing held the SMTP receiver to ~150 mails/s on a
 machine where a bare aiosmtpd accepts ~1,500 (bench/smtp_intake.py). In a process of its own,
 the worker runs on another core, and at a lower CPU priority, so that when the machine is
@@ -10,8 +11,9 @@ delays the acknowledgement by a moment) catches up behind it.
 
 Between the service and the worker there are only the store and two pipes of one-byte
 doorbells, not multiprocessing's locks and events: a process killed while it holds one of
-those leaves the other blocked for ever. To the worker: "mail spooled" (and end of file when
-the service stops or dies). From the worker: "replies are due" and "start-up sweep done".
+those leaves the other blocked for ever. To the worker: "mail spooled", "replies are due"
+(an agent's decision, a reminder) and end of file when the service stops or dies. From the
+worker: "start-up sweep done".
 The worker also asks Linux to kill it with the service (PR_SET_PDEATHSIG): a `kill -9` of
 `serve` leaves no worker behind to race the next one.
 """
@@ -30,6 +32,7 @@ from typing import Callable
 
 from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
+from refunddesk.outbound import Outbound
 from refunddesk.store import evidence
 from refunddesk.store.db import use_writer_turns
 
@@ -58,9 +61,8 @@ def ring(fd: int, signal_byte: bytes) -> bool:
 class Worker:
     """The worker process as the service sees it; started again if it ever ends by itself."""
 
-    def __init__(self, desk: Desk, replies_due: threading.Event, swept: threading.Event, stopping: threading.Event) -> None:
+    def __init__(self, desk: Desk, swept: threading.Event, stopping: threading.Event) -> None:
         self.desk = desk
-        self.replies_due = replies_due
         self.swept = swept
         self.stopping = stopping
         self.process: multiprocessing.process.BaseProcess | None = None
@@ -101,8 +103,6 @@ class Worker:
                 data = os.read(fd, 4096)
             except BlockingIOError:
                 return
-            if REPLIES_DUE in data:
-                self.replies_due.set()
             if SWEPT in data:
                 self.swept.set()
             if not data:  # the worker is gone; supervise() starts another
@@ -112,11 +112,15 @@ class Worker:
         os.set_blocking(fd, False)
         loop.add_reader(fd, readable)
 
-    def ring(self) -> None:
+    def ring(self, signal_byte: bytes = SPOOLED) -> None:
         """The channels' doorbell (any thread): a message was spooled."""
         with self.doorbell_lock:
             if self.to_worker is not None:
-                ring(self.to_worker, SPOOLED)
+                ring(self.to_worker, signal_byte)
+
+    def set(self) -> None:
+        """The senders' doorbell, as the watchers ring it: replies are due (an Event's name)."""
+        self.ring(REPLIES_DUE)
 
     async def supervise(self) -> None:
         """Spooled mail must never wait on a dead worker: a worker that ends by itself (a
@@ -167,8 +171,9 @@ class Worker:
 class Doorbell:
     """The worker's end of the service's pipe."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, replies_due: Callable[[], None] = lambda: None) -> None:
         self.fd = fd
+        self.replies_due = replies_due
         self.closed = False
 
     def wait(self, timeout: float) -> None:
@@ -179,6 +184,8 @@ class Doorbell:
             if not data:
                 self.closed = True
                 return
+            if REPLIES_DUE in data:
+                self.replies_due()
             ready, _, _ = select.select([self.fd], [], [], 0)
 
 
@@ -205,8 +212,12 @@ def run_worker(desk: Desk, to_worker, from_worker, parent: int, log_level: int, 
 
 def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep: bool = True) -> None:
     db = desk.open_db()
+    outbound = Outbound(desk)
+    doorbell.replies_due = outbound.wake
+    outbound.start()
     if sweep:
         sweep_orphans(desk, db)
+        outbound.wake()  # the sweep answered what an interrupted run left pending
         notify(SWEPT)
     while not doorbell.closed:
         try:
@@ -217,9 +228,10 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
             log.exception("worker pass failed; retrying")
             handled = 0
         if handled:
-            notify(REPLIES_DUE)
+            outbound.wake()
         doorbell.wait(0 if handled else IDLE_WAIT)
     db.conn.close()
+    outbound.stop()
 
 
 def sweep_orphans(desk: Desk, db) -> None:
