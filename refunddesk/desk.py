@@ -41,8 +41,8 @@ class Desk:
             addresses=Addresses(config["email.refunds_address"].lower(), config["email.appeals_address"].lower()),
         )
 
-    def open_db(self) -> sqlite_utils.Database:
-        return open_db(self.db_path)
+    def open_db(self, durable: bool = True) -> sqlite_utils.Database:
+        return open_db(self.db_path, durable=durable)
 
     @property
     def mail_domain(self) -> str:

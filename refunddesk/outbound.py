@@ -51,7 +51,7 @@ class Outbound:
 
     async def run(self) -> None:
         senders, closers = self.open_senders()
-        db = self.desk.open_db()
+        db = self.desk.open_db(durable=False)  # a delivery record lost to a power cut means one letter twice
         try:
             while not self.stopping.is_set():
                 self.due.clear()

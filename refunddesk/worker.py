@@ -23,10 +23,12 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-import multiprocessing
 import os
+import pickle
 import select
 import signal
+import subprocess
+import sys
 import threading
 from typing import Callable
 
@@ -43,7 +45,6 @@ NICENESS = 19  # below the channels, so that acceptance wins the CPU during a bu
 PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-CONTEXT = multiprocessing.get_context("spawn")  # no fork of a process with threads and a running loop
 SPOOLED, REPLIES_DUE, SWEPT = b"i", b"o", b"s"
 
 
@@ -65,7 +66,7 @@ class Worker:
         self.desk = desk
         self.swept = swept
         self.stopping = stopping
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.process: subprocess.Popen | None = None
         self.to_worker: int | None = None
         # ring() runs in the channels' threads: the pipe must not be closed between its read
         # of the descriptor and its write, or the byte could land in a file that reused the number.
@@ -73,29 +74,29 @@ class Worker:
         self.restarts = 0
 
     def start(self) -> None:
-        to_reader, to_writer = CONTEXT.Pipe(duplex=False)
-        from_reader, from_writer = CONTEXT.Pipe(duplex=False)
-        self.process = CONTEXT.Process(
-            target=run_worker,
-            # Only until one worker has swept: after that the Telegram bot runs (it waits for
-            # the sweep), and its downloads are on disk a moment before their update is spooled.
-            args=(self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, not self.swept.is_set()),
-            name="refunddesk-worker",
-            daemon=True,
-        )
-        self.process.start()
-        to_reader.close()  # the worker holds the only read end: it sees EOF when we are gone
-        from_writer.close()
-        doorbell = os.dup(to_writer.fileno())
-        to_writer.close()
-        os.set_blocking(doorbell, False)
+        """A fresh interpreter (`python -m refunddesk.worker`), not a fork of this process with
+        its threads and running loop, and not multiprocessing's spawn, which starts a resource
+        tracker process (13 MB) that nothing here needs. The desk arrives pickled on stdin."""
+        to_reader, to_writer = os.pipe()
+        from_reader, from_writer = os.pipe()
+        # Only until one worker has swept: after that the Telegram bot runs (it waits for the
+        # sweep), and its downloads are on disk a moment before their update is spooled.
+        start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, not self.swept.is_set())
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer), start_new_session=False
+            )
+            self.process.stdin.write(pickle.dumps(start))
+            self.process.stdin.close()
+        finally:
+            os.close(to_reader)  # the worker holds the only read end: it sees EOF when we are gone
+            os.close(from_writer)
+        os.set_blocking(to_writer, False)
         with self.doorbell_lock:
-            self.to_worker = doorbell
+            self.to_worker = to_writer
         self.listen(from_reader)
 
-    def listen(self, connection) -> None:
-        fd = os.dup(connection.fileno())
-        connection.close()
+    def listen(self, fd: int) -> None:
         loop = asyncio.get_running_loop()
 
         def readable() -> None:
@@ -128,18 +129,19 @@ class Worker:
         loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
             ended = loop.create_future()
-            sentinel = self.process.sentinel  # readable once the process has ended
+            sentinel = os.pidfd_open(self.process.pid)  # readable once the process has ended
             loop.add_reader(sentinel, lambda: ended.done() or ended.set_result(None))
             try:
                 await ended
             finally:
                 loop.remove_reader(sentinel)
-            self.process.join()
+                os.close(sentinel)
+            self.process.wait()
             if self.stopping.is_set():
                 return
             self.restarts += 1
             pause = min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2 ** min(self.restarts - 1, 10))
-            log.error("the worker ended unexpectedly (exit code %s); restarting it in %.0f s", self.process.exitcode, pause)
+            log.error("the worker ended unexpectedly (exit code %s); restarting it in %.0f s", self.process.returncode, pause)
             self.close_doorbell()
             await asyncio.to_thread(self.stopping.wait, pause)
             if not self.stopping.is_set():
@@ -156,13 +158,14 @@ class Worker:
         self.close_doorbell()
         if self.process is None:
             return
-        self.process.join(timeout)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             # It ignores SIGTERM (a service manager's group signal must not cut a message),
             # so a worker stuck past the timeout is killed; its transaction rolls back.
             log.warning("the worker did not stop within %s s; killing it", timeout)
             self.process.kill()
-            self.process.join(5)
+            self.process.wait(5)
 
 
 # --- inside the worker process ------------------------------------------------------------------
@@ -189,7 +192,12 @@ class Doorbell:
             ready, _, _ = select.select([self.fd], [], [], 0)
 
 
-def run_worker(desk: Desk, to_worker, from_worker, parent: int, log_level: int, sweep: bool) -> None:
+def main() -> None:
+    """`python -m refunddesk.worker`, as Worker.start() runs it: its arguments come pickled on stdin."""
+    run_worker(*pickle.load(sys.stdin.buffer))
+
+
+def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_level: int, sweep: bool) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     die_with(parent)
     # Ctrl-C and a service manager's SIGTERM reach the whole process group; the service
@@ -202,16 +210,13 @@ def run_worker(desk: Desk, to_worker, from_worker, parent: int, log_level: int, 
         pass
     fix_mmap_threshold()
     use_writer_turns()
-    doorbell = Doorbell(os.dup(to_worker.fileno()))
-    to_worker.close()
-    notify_fd = os.dup(from_worker.fileno())
-    from_worker.close()
-    os.set_blocking(notify_fd, False)
-    work(desk, doorbell, lambda signal_byte: ring(notify_fd, signal_byte), sweep)
+    doorbell = Doorbell(to_worker)
+    os.set_blocking(from_worker, False)
+    work(desk, doorbell, lambda signal_byte: ring(from_worker, signal_byte), sweep)
 
 
 def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep: bool = True) -> None:
-    db = desk.open_db()
+    db = desk.open_db(durable=False)  # no client waits on these commits (store/db.py)
     outbound = Outbound(desk)
     doorbell.replies_due = outbound.wake
     outbound.start()
@@ -271,3 +276,7 @@ def fix_mmap_threshold(size: int = 128 * 1024) -> None:
 
 def libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+if __name__ == "__main__":
+    main()

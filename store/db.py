@@ -79,14 +79,20 @@ def writer_turns(path: Path) -> WriterTurns | None:
         return _turns[key]
 
 
-def open_db(path: str | Path, *, migrate: bool = True) -> sqlite_utils.Database:
+def open_db(path: str | Path, *, migrate: bool = True, durable: bool = True) -> sqlite_utils.Database:
+    """durable=False for writers on whose commit no client waits (the worker, the senders):
+    their commits skip the fsync; the next durable commit of any connection syncs them too.
+    A power cut (not a crash: SQLite's WAL survives those) may undo their last moments, which
+    are done again: a spool row is still pending and is processed again, a letter is sent
+    again. During a burst their fsyncs, one per message, held the one write lock for longer
+    than the writing did (py-spy of bench/telegram.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     # FULL: an SMTP 250 or an IMAP move follows our commit, so the commit must survive power loss.
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys = ON")
     db = sqlite_utils.Database(conn)
     db.writer_turns = writer_turns(path)

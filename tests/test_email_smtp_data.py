@@ -113,3 +113,13 @@ def test_mail_over_the_limit_without_size_is_read_to_its_end_and_refused(receive
     finally:
         talk.close()
     assert spooled(desk) == []
+
+
+def test_a_large_mail_is_stored_byte_for_byte(receiver):
+    # Over store/spool.BLOB_PIECE: written into its row piece by piece, not bound whole.
+    desk, port, _ = receiver()
+    line = bytes(range(33, 109)) + b"\r\n"  # 78 bytes, all printable, no leading dot
+    raw = b"Subject: large\r\n\r\n" + line * 40_000 + b".not last\r\nend\r\n"  # ~3.1 MB
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        assert client.sendmail("a@customer.test", [REFUNDS], raw) == {}
+    assert [r["raw"] for r in spooled(desk)] == [raw]

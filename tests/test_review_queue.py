@@ -15,6 +15,7 @@ from refunddesk.review.decisions import request_info
 from refunddesk.review.queue import Filters, list_queue
 from refunddesk.review.suggest import suggest
 from refunddesk.review.testing import chat_case, mail, mail_case, receive_mail
+from refunddesk.store import cases as case_store
 from refunddesk.store.clock import utcnow
 
 from test_review_decisions import local, request_302ai
@@ -82,6 +83,18 @@ def test_full_text_search_in_english_and_chinese(filled):
     receive_mail(desk, db, mail("mid@lumen.test", f"Re: [{cases['older']}] more", "The order number is ZQ-88412.", to=desk.addresses.refunds))
     assert search("ZQ-88412") == [cases["older"]]
     assert search("zq") == [cases["older"]]
+
+
+def test_search_follows_a_changed_description_and_saves_that_change_nothing_keep_the_index_whole(filled):
+    desk, db, now, cases = filled
+    search = lambda q: ids(list_queue(desk, db, now, Filters(status=None, search=q)))  # noqa: E731
+    case = case_store.load_case(db, cases["chat"])
+    case_store.save_case(db, case.evolve(status="queued"), now)  # indexed text unchanged: not re-indexed
+    db.execute("INSERT INTO cases_fts (cases_fts) VALUES ('integrity-check')")  # raises if index and table differ
+    assert search("playground") == [cases["chat"]]
+    case_store.save_case(db, case.with_fields(description="The gateway timed out at checkout, quokka."), now)
+    db.execute("INSERT INTO cases_fts (cases_fts) VALUES ('integrity-check')")
+    assert search("quokka") == [cases["chat"]]
 
 
 def test_queue_command_prints_and_filters(filled, tmp_path):

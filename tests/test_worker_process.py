@@ -23,11 +23,11 @@ def start_serve(tmp_path, relay) -> tuple[Served, int]:
 
 
 def worker_of(served: Served) -> int:
-    """The worker's pid: serve's child that is not multiprocessing's resource tracker."""
+    """The worker's pid: serve's child running `python -m refunddesk.worker`."""
     def found() -> int | None:
         for pid in process_tree(served.process.pid)[1:]:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"spawn_main" in handle.read():
+                if b"refunddesk.worker" in handle.read():
                     return pid
         return None
 

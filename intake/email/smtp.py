@@ -100,7 +100,7 @@ class IntakeSMTP(SMTP):
         await self.push("250 OK" if status is MISSING else status)
 
 
-async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | None:
+async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytearray | None:
     """The message up to the line holding one dot, dot-unstuffed (RFC 5321 4.5.2); None when
     it was longer than `limit` (then it is read to its end and dropped, as RFC 5321 4.2.5 asks)."""
     buffer = bytearray()
@@ -124,7 +124,7 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | 
         del buffer[0]
     if b"\r\n." in buffer:
         buffer = buffer.replace(b"\r\n.", b"\r\n")
-    return bytes(buffer)
+    return buffer  # not bytes(buffer): that would be a second copy of a 28 MB mail
 
 
 def declared_size(envelope: Envelope | None) -> int:
