@@ -89,22 +89,31 @@ async def deliver_due(db: sqlite_utils.Database, sender: Sender, now: datetime |
     chains: dict[str, list[dict[str, Any]]] = {}
     for row in outbox.due(db, sender.channel, now or utcnow(), limit):
         chains.setdefault(row["recipient"], []).append(row)
+    delivered: list[tuple[dict[str, Any], datetime]] = []
 
-    async def deliver_chain(rows: list[dict[str, Any]]) -> int:
-        delivered = 0
+    async def deliver_chain(rows: list[dict[str, Any]]) -> None:
         for row in rows:
             async with window.slot():
-                delivered += await deliver_one(db, sender, row, window)
-        return delivered
+                sent_at = await deliver_one(db, sender, row, window)
+            if sent_at is not None:
+                delivered.append((row, sent_at))
 
-    results = await asyncio.gather(*(deliver_chain(rows) for rows in chains.values()), return_exceptions=True)
+    try:
+        results = await asyncio.gather(*(deliver_chain(rows) for rows in chains.values()), return_exceptions=True)
+    finally:
+        # One transaction for the pass, not one per letter: during a Telegram burst the
+        # senders' commits were a third of the turns at the write lock that the worker and
+        # the channels wait for (py-spy). A crash before it sends these letters again, as a
+        # crash between a delivery and its record always could (at least once, never lost).
+        record_deliveries(db, delivered)
     for result in results:  # every chain has finished; a failure of the store itself is raised
         if isinstance(result, BaseException):
             raise result
-    return sum(results)
+    return len(delivered)
 
 
-async def deliver_one(db: sqlite_utils.Database, sender: Sender, row: dict[str, Any], window: Window) -> int:
+async def deliver_one(db: sqlite_utils.Database, sender: Sender, row: dict[str, Any], window: Window) -> datetime | None:
+    """Hand one row to its sender; the moment it was accepted, or None (the failure is recorded)."""
     try:
         await sender.deliver(row)
     except TemporaryFailure as exc:
@@ -112,22 +121,28 @@ async def deliver_one(db: sqlite_utils.Database, sender: Sender, row: dict[str, 
         log.warning("outbox %s to %s: temporary failure, will retry: %s", row["id"], sender.channel, exc)
         with transaction(db):
             outbox.mark_failed(db, row["id"], utcnow(), str(exc), delay=exc.retry_after)
-        return 0
+        return None
     except PermanentFailure as exc:
         log.error("outbox %s to %s: permanent failure: %s", row["id"], sender.channel, exc)
         with transaction(db):
             outbox.mark_failed(db, row["id"], utcnow(), str(exc), permanent=True)
             events.record(db, row["case_id"], "system", "delivery_failed", utcnow(), {"outbox": row["id"], "error": str(exc)[:300]})
-        return 0
+        return None
     except Exception as exc:  # a sender bug must not stop the other messages
         window.failed()
         log.exception("outbox %s to %s: unexpected error", row["id"], sender.channel)
         with transaction(db):
             outbox.mark_failed(db, row["id"], utcnow(), f"{type(exc).__name__}: {exc}")
-        return 0
+        return None
     window.succeeded()
-    record_delivery(db, row, utcnow())
-    return 1
+    return utcnow()
+
+
+def record_deliveries(db: sqlite_utils.Database, delivered: list[tuple[dict[str, Any], datetime]]) -> None:
+    if delivered:
+        with transaction(db):
+            for row, sent_at in delivered:
+                record_delivery(db, row, sent_at)
 
 
 def record_delivery(db: sqlite_utils.Database, row: dict[str, Any], now: datetime) -> None:

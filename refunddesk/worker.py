@@ -35,11 +35,12 @@ from typing import Callable
 from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
 from refunddesk.outbound import Outbound
-from refunddesk.store import evidence
+from refunddesk.store import evidence, spool
 from refunddesk.store.db import use_writer_turns
 
 log = logging.getLogger("refunddesk.worker")
 IDLE_WAIT = 1.0
+PASS_ROWS = 8  # spool rows processed per pass of the worker, in one transaction
 RESTART_PAUSE, RESTART_PAUSE_MAX = 1.0, 60.0
 NICENESS = 19  # below the channels, so that acceptance wins the CPU during a burst
 PR_SET_PDEATHSIG = 1
@@ -225,15 +226,17 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
         outbound.wake()  # the sweep answered what an interrupted run left pending
         notify(SWEPT)
     while not doorbell.closed:
+        handled = 0
         try:
-            # One message a pass: its replies go out while the next one is processed (a
-            # pass of 100 held every acknowledgement of a backlog until the last was done).
-            handled = pipeline.process_pending(desk, db, limit=1)
+            # A few messages a pass, in one transaction (intake/pipeline.process_many), and
+            # then their replies go out while the next ones are processed (a pass of 100
+            # held every acknowledgement of a backlog until the last was done).
+            waiting = spool.pending_ids(db, PASS_ROWS)
+            if waiting:
+                handled = len(pipeline.process_many(desk, db, waiting))
+                outbound.wake()
         except Exception:
             log.exception("worker pass failed; retrying")
-            handled = 0
-        if handled:
-            outbound.wake()
         doorbell.wait(0 if handled else IDLE_WAIT)
     db.conn.close()
     outbound.stop()
