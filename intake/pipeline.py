@@ -144,6 +144,8 @@ def settle(desk: Desk, db: sqlite_utils.Database, item: Prepared, now: datetime)
                 return keep_as_dead_letter(db, inbound_id, item.failure, now)
             return apply(desk, db, item.row, item.parsed, now, item.files)
     except Exception as exc:
+        if not db.conn.in_transaction:
+            raise  # SQLite ended the batch's transaction itself (a full disk, I/O): all are retried
         log.exception("inbound %s failed in processing; kept as a dead letter", inbound_id)
         return keep_as_dead_letter(db, inbound_id, exc, now)
 

@@ -84,11 +84,17 @@ class Worker:
         # sweep), and its downloads are on disk a moment before their update is spooled.
         start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, not self.swept.is_set())
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer), start_new_session=False
-            )
+            # -P: the service's working directory must not come first on the worker's import path.
+            self.process = subprocess.Popen([sys.executable, "-P", "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer))
+        except BaseException:
+            for fd in (to_reader, to_writer, from_reader, from_writer):
+                os.close(fd)
+            raise
+        try:
             self.process.stdin.write(pickle.dumps(start))
             self.process.stdin.close()
+        except OSError as exc:  # it died at once; supervise() sees it end and starts another
+            log.error("the worker ended before it read its start: %s", exc)
         finally:
             os.close(to_reader)  # the worker holds the only read end: it sees EOF when we are gone
             os.close(from_writer)
@@ -126,27 +132,43 @@ class Worker:
 
     async def supervise(self) -> None:
         """Spooled mail must never wait on a dead worker: a worker that ends by itself (a
-        crash in C code, the OOM killer) is logged and started again, with a growing pause."""
-        loop = asyncio.get_running_loop()
+        crash in C code, the OOM killer), or could not be started, is logged and started
+        again, with a growing pause."""
         while not self.stopping.is_set():
-            ended = loop.create_future()
-            sentinel = os.pidfd_open(self.process.pid)  # readable once the process has ended
-            loop.add_reader(sentinel, lambda: ended.done() or ended.set_result(None))
-            try:
-                await ended
-            finally:
-                loop.remove_reader(sentinel)
-                os.close(sentinel)
-            self.process.wait()
-            if self.stopping.is_set():
-                return
+            if self.process is not None:
+                await self.ended()
+                if self.stopping.is_set():
+                    return
+                log.error("the worker ended unexpectedly (exit code %s)", self.process.returncode)
             self.restarts += 1
             pause = min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2 ** min(self.restarts - 1, 10))
-            log.error("the worker ended unexpectedly (exit code %s); restarting it in %.0f s", self.process.returncode, pause)
+            log.info("starting the worker again in %.0f s", pause)
             self.close_doorbell()
             await asyncio.to_thread(self.stopping.wait, pause)
-            if not self.stopping.is_set():
+            if self.stopping.is_set():
+                return
+            try:
                 self.start()
+            except Exception:
+                log.exception("could not start the worker; trying again")
+                self.process = None
+
+    async def ended(self) -> None:
+        """Until the worker process has ended (and is reaped)."""
+        try:
+            sentinel = os.pidfd_open(self.process.pid)  # readable once the process has ended
+        except (AttributeError, OSError):  # before Linux 5.3, or a seccomp profile refusing it
+            await asyncio.to_thread(self.process.wait)
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.add_reader(sentinel, lambda: done.done() or done.set_result(None))
+        try:
+            await done
+        finally:
+            loop.remove_reader(sentinel)
+            os.close(sentinel)
+        self.process.wait()
 
     def close_doorbell(self) -> None:
         with self.doorbell_lock:
