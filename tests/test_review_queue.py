@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import run_cli
 from refunddesk.policy.model import Case
@@ -151,3 +153,41 @@ def test_302ai_suggests_the_requested_amount_as_the_cap():
     suggestion = suggest(ipfixed_case(amount="12.50"), policy, "USD")
     assert suggestion.to_dict()["amount"] == "12.50" and suggestion.clause == "P302-13"
 
+
+
+SEARCHED_TEXTS = [
+    "customer351379@example45.test", "Order-12345@Shop9.TEST", "Invoice INV-2026-0042 charged twice",
+    "ticket 777 and 7770, key sk-88x120", "ref 123456 / REF 123456x", "订单 2026112001 扣了两次",
+]
+
+
+@pytest.fixture(scope="module")
+def searchable(tmp_path_factory):
+    """A store whose cases and messages hold digits among letters, in several cases."""
+    from refunddesk.store.db import open_db
+
+    db = open_db(tmp_path_factory.mktemp("search") / "refunddesk.db")
+    for n, text in enumerate(SEARCHED_TEXTS):
+        case = Case(id=f"RF-{n + 1:06d}", kind="refund", status="queued", channel="email", contact=SEARCHED_TEXTS[-1 - n] if n % 2 else f"c{n}@x.test",
+                    fields={"description": text}, created_at=CREATED)
+        case_store.save_case(db, case, CREATED)
+        case_store.add_message(db, case.id, "in", "email", CREATED, f"see {SEARCHED_TEXTS[(n + 2) % len(SEARCHED_TEXTS)]}", sender="c@x.test", subject=f"case {n}")
+        case_store.add_message(db, case.id, "out", "email", CREATED, SEARCHED_TEXTS[(n + 3) % len(SEARCHED_TEXTS)], sender="refunddesk", subject="ours")
+    return db
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_term_with_digits_finds_exactly_what_the_whole_phrase_finds(searchable, data):
+    """The digits-first path (review/queue.narrowed_match) must change how fast, never what."""
+    from refunddesk.review.queue import narrowed_match, narrowing_run, phrase_match
+
+    text = data.draw(st.sampled_from(SEARCHED_TEXTS + ["x" + t for t in SEARCHED_TEXTS]))
+    start = data.draw(st.integers(0, len(text) - 4))
+    term = text[start:start + data.draw(st.integers(4, 24))].replace(" ", "")
+    term = data.draw(st.sampled_from([term, term.upper(), term.swapcase(), term + "9"]))
+    narrow = narrowing_run(term)
+    if narrow is None or len(term) < 3:
+        return
+    found = lambda condition: {r[0] for r in searchable.execute(f"SELECT c.id FROM cases c WHERE {condition[0]}", condition[1])}  # noqa: E731
+    assert found(narrowed_match(term, narrow)) == found(phrase_match(term)), term
