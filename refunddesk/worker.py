@@ -34,8 +34,10 @@ from typing import Callable
 
 from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
+from refunddesk.intake.in_hand import InHand
 from refunddesk.outbound import Outbound
 from refunddesk.store import evidence, spool
+from refunddesk.store.clock import utcnow
 from refunddesk.store.db import use_writer_turns
 
 log = logging.getLogger("refunddesk.worker")
@@ -243,8 +245,10 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
     outbound = Outbound(desk)
     doorbell.replies_due = outbound.wake
     outbound.start()
+    in_hand = InHand(desk.db_path)
+    in_hand.recover(db, utcnow())
     if sweep:
-        sweep_orphans(desk, db)
+        sweep_orphans(desk, db, in_hand)
         outbound.wake()  # the sweep answered what an interrupted run left pending
         notify(SWEPT)
     while not doorbell.closed:
@@ -253,9 +257,8 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
             # A few messages a pass, in one transaction (intake/pipeline.process_many), and
             # then their replies go out while the next ones are processed (a pass of 100
             # held every acknowledgement of a backlog until the last was done).
-            waiting = spool.pending_ids(db, PASS_ROWS)
-            if waiting:
-                handled = len(pipeline.process_many(desk, db, waiting))
+            handled = process_round(desk, db, in_hand, PASS_ROWS)
+            if handled:
                 outbound.wake()
         except Exception:
             log.exception("worker pass failed; retrying")
@@ -264,12 +267,28 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
     outbound.stop()
 
 
-def sweep_orphans(desk: Desk, db) -> None:
+def process_round(desk: Desk, db, in_hand: InHand, limit: int, up_to: int | None = None) -> int:
+    """One batch of the spool (rows up to id `up_to`, if given), held in hand while it is
+    processed; how many rows were handled."""
+    waiting = [i for i in spool.pending_ids(db, limit) if up_to is None or i <= up_to]
+    waiting = in_hand.choose(waiting)
+    if not waiting:
+        return 0
+    in_hand.hold(waiting)
+    handled = len(pipeline.process_many(desk, db, waiting))
+    in_hand.release()
+    return handled
+
+
+def sweep_orphans(desk: Desk, db, in_hand: InHand) -> None:
     """Delete evidence files no case refers to, left by a run that was cut off."""
     # Telegram files are written before their update is spooled, and become evidence rows
     # only when processed: finish what is pending before the sweep, or it deletes them.
     try:
-        while pipeline.process_pending(desk, db, limit=100) == 100:
+        # What was pending at the start only: mail spooled meanwhile has no files yet, and a
+        # burst arriving now must not hold the sweep (and the Telegram bot waiting on it) back.
+        (last,) = db.execute("SELECT coalesce(max(id), 0) FROM inbound WHERE status = 'pending'").fetchone()
+        while process_round(desk, db, in_hand, PASS_ROWS, last):
             pass
         removed = evidence.remove_orphans(db, desk.files)
         if removed:

@@ -281,7 +281,7 @@ def test_hostile_mail_is_refused_or_stored_safely_in_seconds_and_bounded_memory(
 
 def test_files_land_only_under_store_files_with_generated_names(served):
     """After every hostile mail above: nothing was written anywhere but where it belongs."""
-    allowed = {"refunddesk.toml", "serve.log", "refunddesk.db", "refunddesk.db-wal", "refunddesk.db-shm", "refunddesk.db-turn"}
+    allowed = {"refunddesk.toml", "serve.log", "refunddesk.db", "refunddesk.db-wal", "refunddesk.db-shm", "refunddesk.db-turn", "refunddesk.db-inhand", "refunddesk.db-inhand.tmp"}
     for path in served.tmp.rglob("*"):
         if path.is_dir():
             continue

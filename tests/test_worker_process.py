@@ -102,3 +102,43 @@ def test_a_restarted_worker_leaves_files_in_flight_alone_and_the_next_start_swee
         assert "removed 1 evidence files no case refers to" in restarted.output()
     finally:
         restarted.stop()
+
+
+def test_a_message_that_keeps_killing_the_worker_becomes_a_dead_letter_and_the_rest_goes_on(tmp_path, relay):
+    """Each time the worker holds one message, it dies (as a crash in C code or the OOM killer
+    would make it): the third death makes that message a dead letter, and mail after it is
+    answered. Its innocent neighbours are not counted against."""
+    import json
+
+    from refunddesk.store import spool
+    from refunddesk.store.clock import utcnow
+
+    settings = mail_settings(tmp_path, relay)
+    desk, config = desk_from(tmp_path, settings)
+    db = desk.open_db()
+    # Large enough that parsing it takes a moment: the worker is killed while it holds it.
+    screenshot = bytes(range(256)) * 40_000  # ~10 MB
+    poison = letter("poison@customer.test", "Refund", REQUEST, files=(("shot.bin", screenshot, "application/octet-stream"),))
+    bad_id, _ = spool.spool(db, "email", "test:poison", poison, utcnow(), {"mail_from": "poison@customer.test"})
+    in_hand = tmp_path / "refunddesk.db-inhand"
+    served = Served(config, tmp_path / "serve.log").start(wait_ports=(settings["email.smtp_intake.port"],))
+    try:
+        for death in range(3):
+            def holding_it() -> int | None:
+                try:
+                    state = json.loads(in_hand.read_text() or "{}")
+                except (OSError, ValueError):
+                    return None
+                return state["worker"] if bad_id in state.get("holding", []) and alive(state["worker"]) else None
+
+            worker = wait_for(holding_it, 30, interval=0.001, message=f"a worker holding the message (death {death + 1})")
+            os.kill(worker, signal.SIGKILL)
+            wait_for(lambda: not alive(worker), 10, message="the worker to die")
+        customer = "after-poison@customer.test"
+        send(settings["email.smtp_intake.port"], letter(customer, "Refund", REQUEST), customer, REFUNDS)
+        relay.wait_for(customer, timeout=60)  # the fourth worker goes on past it
+        status, error = db.execute("SELECT status, error FROM inbound WHERE id = ?", [bad_id]).fetchone()
+        assert status == "dead" and "the worker died 3 times" in error
+        assert "took 3 workers down with it; kept as a dead letter" in served.output()
+    finally:
+        assert served.stop() == 0, served.output()[-3000:]
