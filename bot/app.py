@@ -29,7 +29,7 @@ from telegram.error import BadRequest, Conflict, InvalidToken, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from refunddesk.bot.inbound import COMMANDS
-from refunddesk.bot.send import command_menu, make_bot
+from refunddesk.bot.send import RETRY_SECONDS, command_menu, make_bot, retry_pause, until_it_answers
 from refunddesk.desk import Desk
 from refunddesk.store import evidence, spool
 from refunddesk.store.committer import GroupCommitter
@@ -39,7 +39,6 @@ log = logging.getLogger("refunddesk.bot")
 LONG_POLL_SECONDS = 25
 ALLOWED_UPDATES = ["message", "callback_query"]
 BOT_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the cloud Bot API serves no larger file to a bot
-RETRY_SECONDS = (1, 2, 5, 10, 30)
 DOWNLOAD_ATTEMPTS = 4  # then the message is kept without the file, so later updates are not blocked
 PRIVATE = filters.ChatType.PRIVATE
 
@@ -123,24 +122,18 @@ class TelegramBot:
                 errors += 1
                 log.exception("Telegram polling failed; retrying")
             if errors:
-                await asyncio.sleep(RETRY_SECONDS[min(errors, len(RETRY_SECONDS)) - 1])
+                await asyncio.sleep(retry_pause(errors))
 
     async def connect(self) -> None:
         """getMe, drop any webhook (it would block getUpdates), set the command menu; retried
         until Telegram answers, so email keeps working while Telegram is unreachable."""
-        attempt = 0
-        while True:
-            try:
-                await self.app.initialize()
-                await self.app.bot.delete_webhook(drop_pending_updates=False)
-                await self.set_commands()
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.warning("cannot reach the Telegram Bot API (%s); retrying", exc)
-                await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1])
+
+        async def introduce() -> None:
+            await self.app.initialize()
+            await self.app.bot.delete_webhook(drop_pending_updates=False)
+            await self.set_commands()
+
+        await until_it_answers(introduce, lambda exc: log.warning("cannot reach the Telegram Bot API (%s); retrying", exc))
         self.connected = True
         log.info("Telegram bot @%s polling", self.app.bot.username)
 

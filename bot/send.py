@@ -13,7 +13,7 @@ import logging
 import time
 import warnings
 from datetime import timedelta
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
@@ -26,7 +26,27 @@ MESSAGE_LIMIT = 4096  # characters Telegram accepts in one message
 NETWORK_BACKOFF_SECONDS = (2, 5, 15, 30, 60)
 QUEUE_MARGIN_SECONDS = 0.25  # held messages retry this long after the one that failed
 NOT_READY_SECONDS = 2
-CONNECT_RETRY_SECONDS = (1, 2, 5, 10, 30)
+RETRY_SECONDS = (1, 2, 5, 10, 30)  # pauses after 1, 2, ... failures to reach the Bot API
+
+
+def retry_pause(failures: int) -> float:
+    return RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
+
+
+async def until_it_answers(call: Callable[[], Awaitable[Any]], failed: Callable[[Exception], None]) -> None:
+    """`call()` again, after a growing pause, until it succeeds (the Bot API may be away for
+    hours; email goes on meanwhile); `failed` hears of each failure."""
+    failures = 0
+    while True:
+        try:
+            await call()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            failed(exc)
+            await asyncio.sleep(retry_pause(failures))
 
 
 def make_bot(config) -> Bot:
@@ -48,17 +68,7 @@ class TelegramSender:
 
     async def connect(self) -> None:
         """getMe until Telegram answers; until then rows wait (the bot's poller logs the outage)."""
-        attempt = 0
-        while True:
-            try:
-                await self.bot.initialize()
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.debug("the Telegram sender cannot reach the Bot API yet (%s)", exc)
-                await asyncio.sleep(CONNECT_RETRY_SECONDS[min(attempt, len(CONNECT_RETRY_SECONDS)) - 1])
+        await until_it_answers(self.bot.initialize, lambda exc: log.debug("the Telegram sender cannot reach the Bot API yet (%s)", exc))
         self.ready = True
 
     async def close(self) -> None:
