@@ -8,6 +8,7 @@ import email
 import email.policy
 import json
 import smtplib
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -260,3 +261,45 @@ class MailDesk:
 
     def messages(self, case_id: str) -> list[dict[str, Any]]:
         return case_store.messages_of(self.db, case_id)
+
+
+class Wire:
+    """A raw SMTP conversation: bytes exactly as we write them, every reply line as it comes."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.stream = self.sock.makefile("rb")
+        self.reply()  # greeting
+
+    def write(self, data: bytes) -> None:
+        """Bytes on the wire, no reply awaited (one segment each, as far as TCP keeps them)."""
+        self.sock.sendall(data)
+
+    def say(self, data: bytes) -> bytes:
+        self.write(data)
+        return self.reply()
+
+    def reply(self) -> bytes:
+        line = self.stream.readline()
+        while line[3:4] == b"-":
+            line = self.stream.readline()
+        return line
+
+    def rest(self) -> list[bytes]:
+        """Every reply line until the server closes the connection."""
+        lines = []
+        while True:
+            line = self.stream.readline()
+            if not line:
+                return lines
+            lines.append(line)
+
+    def open_data(self, sender: str) -> None:
+        assert self.say(b"EHLO client.test\r\n").startswith(b"250")
+        assert self.say(f"MAIL FROM:<{sender}>\r\n".encode()).startswith(b"250")
+        assert self.say(f"RCPT TO:<{REFUNDS}>\r\n".encode()).startswith(b"250")
+        assert self.say(b"DATA\r\n").startswith(b"354")
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 import smtplib
-import socket
 import subprocess
 import threading
 
 import pytest
 
 from conftest import wait_for
-from mail_fixtures import APPEALS, REFUNDS, TEST_CERT, TEST_KEY, desk_from, letter, mail_settings, send
+from mail_fixtures import APPEALS, REFUNDS, TEST_CERT, TEST_KEY, Wire, desk_from, letter, mail_settings, send
 from refunddesk.intake import pipeline
 from refunddesk.intake.email.smtp import start_receiver
 from refunddesk.store import events
@@ -193,27 +192,16 @@ def test_forged_authentication_results_are_removed_and_failing_mail_is_flagged_f
 
 def test_a_bare_lf_dot_cannot_smuggle_a_second_message(receiver):
     desk, port, _ = receiver()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        stream = sock.makefile("rwb")
-
-        def say(line: bytes) -> bytes:
-            stream.write(line)
-            stream.flush()
-            reply = stream.readline()
-            while reply[3:4] == b"-":
-                reply = stream.readline()
-            return reply
-
-        stream.readline()  # greeting
-        assert say(b"EHLO client.test\r\n").startswith(b"250")
-        assert say(b"MAIL FROM:<a@customer.test>\r\n").startswith(b"250")
-        assert say(b"RCPT TO:<refunds@desk.test>\r\n").startswith(b"250")
-        assert say(b"DATA\r\n").startswith(b"354")
+    wire = Wire(port)
+    try:
+        wire.open_data("a@customer.test")
         smuggled = (b"Subject: one\r\n\r\nhello\n.\nMAIL FROM:<evil@x.test>\nRCPT TO:<refunds@desk.test>\nDATA\n"
                     b"Subject: smuggled\n\nfake\n.\r\n")
-        stream.write(smuggled)  # no answer: "\n.\r\n" is not the end of DATA, only "\r\n.\r\n" is
-        assert say(b"\r\n.\r\n").startswith(b"250")
-        say(b"QUIT\r\n")
+        wire.write(smuggled)  # no answer: "\n.\r\n" is not the end of DATA, only "\r\n.\r\n" is
+        assert wire.say(b"\r\n.\r\n").startswith(b"250")
+        wire.say(b"QUIT\r\n")
+    finally:
+        wire.close()
     rows = spooled(desk)
     assert len(rows) == 1 and b"Subject: smuggled" in rows[0]["raw"]  # kept as data of the one message
 

@@ -7,43 +7,9 @@ data recognized however the packets fall, nothing read past it, huge lines kept 
 from __future__ import annotations
 
 import smtplib
-import socket
 
-from mail_fixtures import REFUNDS
+from mail_fixtures import REFUNDS, Wire
 from test_email_smtp import receiver, spooled  # noqa: F401 (fixture)
-
-
-class Conversation:
-    """A raw SMTP client: bytes out exactly as given, one reply (all its lines) back."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.stream = self.sock.makefile("rwb")
-        self.reply()  # greeting
-
-    def write(self, data: bytes) -> None:
-        self.stream.write(data)
-        self.stream.flush()
-
-    def reply(self) -> bytes:
-        line = self.stream.readline()
-        while line[3:4] == b"-":
-            line = self.stream.readline()
-        return line
-
-    def say(self, data: bytes) -> bytes:
-        self.write(data)
-        return self.reply()
-
-    def start_data(self) -> None:
-        assert self.say(b"EHLO client.test\r\n").startswith(b"250")
-        assert self.say(b"MAIL FROM:<a@customer.test>\r\n").startswith(b"250")
-        assert self.say(f"RCPT TO:<{REFUNDS}>\r\n".encode()).startswith(b"250")
-        assert self.say(b"DATA\r\n").startswith(b"354")
-
-    def close(self) -> None:
-        self.stream.close()
-        self.sock.close()
 
 
 def test_dot_stuffing_is_undone_byte_for_byte(receiver):
@@ -57,14 +23,14 @@ def test_dot_stuffing_is_undone_byte_for_byte(receiver):
 
 def test_the_end_of_data_is_found_however_the_packets_fall(receiver):
     desk, port, _ = receiver()
-    talk = Conversation(port)
+    talk = Wire(port)
     try:
-        talk.start_data()
+        talk.open_data("a@customer.test")
         for piece in (b"Subject: split\r\n\r\nline one.", b"\r\n", b".", b"", b".stuffed\r\n.", b"\r", b"\n"):
             talk.write(piece)  # one segment each: the dot line arrives in three
         assert talk.reply().startswith(b"250")
         # The next mail's commands and data in one segment with the end of the first.
-        talk.start_data()
+        talk.open_data("a@customer.test")
         talk.write(b"Subject: two\r\n\r\nsecond\r\n.\r\nQUIT\r\n")
         assert talk.reply().startswith(b"250")
         assert talk.reply().startswith(b"221")  # QUIT was read as a command, not lost or swallowed
@@ -75,9 +41,9 @@ def test_the_end_of_data_is_found_however_the_packets_fall(receiver):
 
 def test_an_empty_message_is_answered_not_waited_for(receiver):
     desk, port, _ = receiver()
-    talk = Conversation(port)
+    talk = Wire(port)
     try:
-        talk.start_data()
+        talk.open_data("a@customer.test")
         assert talk.say(b".\r\n").startswith(b"250")
         assert talk.say(b"QUIT\r\n").startswith(b"221")
     finally:
@@ -89,9 +55,9 @@ def test_a_line_longer_than_the_read_window_is_kept_whole(receiver):
     desk, port, _ = receiver()
     long_line = b"A" * 300_000  # a mailer that never folds, four times the 64 KB window
     raw = b"Subject: long\r\n\r\n" + long_line + b"\r\n.tail\r\n"
-    talk = Conversation(port)
+    talk = Wire(port)
     try:
-        talk.start_data()
+        talk.open_data("a@customer.test")
         talk.write(raw.replace(b"\r\n.", b"\r\n..") + b".\r\n")
         assert talk.reply().startswith(b"250")
     finally:
@@ -101,7 +67,7 @@ def test_a_line_longer_than_the_read_window_is_kept_whole(receiver):
 
 def test_mail_over_the_limit_without_size_is_read_to_its_end_and_refused(receiver):
     desk, port, _ = receiver(**{"email.smtp_intake.max_message_bytes": 100_000})
-    talk = Conversation(port)
+    talk = Wire(port)
     try:
         assert talk.say(b"HELO old.client.test\r\n").startswith(b"250")  # no SIZE in HELO
         assert talk.say(b"MAIL FROM:<a@customer.test>\r\n").startswith(b"250")

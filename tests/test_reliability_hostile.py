@@ -15,7 +15,6 @@ import base64
 import io
 import re
 import select
-import socket
 import struct
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
-from mail_fixtures import PNG, REFUNDS, MailDesk, desk_from, letter, mail_settings, send, module_relay  # noqa: F401 (fixture: one relay per module)
+from mail_fixtures import PNG, REFUNDS, MailDesk, Wire, desk_from, letter, mail_settings, send, module_relay  # noqa: F401 (fixture: one relay per module)
 from processes import tree_status
 from refunddesk.intake.email import smtp as smtp_module
 from refunddesk.intake.email.parse import MailRejected, parse_mail
@@ -293,44 +292,6 @@ def test_files_land_only_under_store_files_with_generated_names(served):
 
 
 # --- on the wire ---------------------------------------------------------------------------------
-
-
-class Wire:
-    """A raw SMTP conversation: bytes exactly as we write them, every reply line as it comes."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.stream = self.sock.makefile("rb")
-        self.reply()  # greeting
-
-    def say(self, data: bytes) -> bytes:
-        self.sock.sendall(data)
-        return self.reply()
-
-    def reply(self) -> bytes:
-        line = self.stream.readline()
-        while line[3:4] == b"-":
-            line = self.stream.readline()
-        return line
-
-    def rest(self) -> list[bytes]:
-        """Every reply line until the server closes the connection."""
-        lines = []
-        while True:
-            line = self.stream.readline()
-            if not line:
-                return lines
-            lines.append(line)
-
-    def open_data(self, sender: str) -> None:
-        assert self.say(b"EHLO client.test\r\n").startswith(b"250")
-        assert self.say(f"MAIL FROM:<{sender}>\r\n".encode()).startswith(b"250")
-        assert self.say(f"RCPT TO:<{REFUNDS}>\r\n".encode()).startswith(b"250")
-        assert self.say(b"DATA\r\n").startswith(b"354")
-
-    def close(self) -> None:
-        self.stream.close()
-        self.sock.close()
 
 
 @pytest.mark.parametrize("end", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\n.\r"], ids=repr)
