@@ -39,8 +39,8 @@ REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
 REPLY_TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 REPLY_BUSY = "451 4.3.2 Too many large messages at once, please try again later"
 REPLY_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
-# Even read into one buffer, a message is in memory twice for a moment (the buffer, then its
-# bytes). Transfers declared larger than LARGE_MESSAGE (RFC 1870 SIZE, which MTAs send) take
+# Even read into one buffer, a message is in memory twice for a moment (the buffer, and the
+# row SQLite builds from it: store/spool.py). Transfers declared larger than LARGE_MESSAGE (RFC 1870 SIZE, which MTAs send) take
 # turns; small mail never waits.
 LARGE_MESSAGE = 1024 * 1024
 LARGE_TRANSFERS = 1
@@ -91,7 +91,7 @@ class IntakeSMTP(SMTP):
             self._writer.close()
             raise
         if content is None:
-            await self.push("552 Error: Too much mail data")
+            await self.push(REPLY_TOO_BIG)  # the answer IntakeHandler.handle_DATA gives over the limit
             self._set_post_data_state()
             return
         self.envelope.content = self.envelope.original_content = content
