@@ -68,9 +68,7 @@ class Outbound:
 
     def open_senders(self) -> tuple[list[Sender], list]:
         config = self.desk.config
-        senders: list[Sender] = [
-            EmailSender(config.section("email.outgoing"), self.desk.addresses.refunds, config.path("email.outgoing.folder"), config["email.from_name"])
-        ]
+        senders: list[Sender] = [EmailSender.for_desk(self.desk)]
         closers = []
         if config["telegram.enabled"]:
             from refunddesk.bot.send import TelegramSender, make_bot

@@ -136,10 +136,8 @@ def chat_case(desk: Desk, db: sqlite_utils.Database, chat_id: int, answers: dict
 
 def send_email(desk: Desk, db: sqlite_utils.Database) -> list[Path]:
     """Run the real email sender once (no relay configured: each letter becomes an .eml file)."""
-    config = desk.config
-    sender = EmailSender(config.section("email.outgoing"), desk.addresses.refunds, config.path("email.outgoing.folder"), config["email.from_name"])
-    asyncio.run(deliver_due(db, sender))
-    return sorted(config.path("email.outgoing.folder").glob("*.eml"))
+    asyncio.run(deliver_due(db, EmailSender.for_desk(desk)))
+    return sorted(desk.config.path("email.outgoing.folder").glob("*.eml"))
 
 
 def letters_to(folder: Path, recipient: str) -> list[email.message.EmailMessage]:

@@ -16,13 +16,16 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
 from refunddesk.intake.delivery import PermanentFailure, TemporaryFailure
 
 from .charsets import one_line
+
+if TYPE_CHECKING:
+    from refunddesk.desk import Desk
 
 OUR_HEADERS = ("Message-ID", "In-Reply-To", "References", "Reply-To")
 AUTOMATIC_KINDS = ("ack", "dialog", "notice")
@@ -70,6 +73,12 @@ class EmailSender:
         self.from_address = from_address
         self.from_name = from_name
         self.folder = Path(folder)
+
+    @classmethod
+    def for_desk(cls, desk: "Desk") -> "EmailSender":
+        """The sender `email.outgoing` configures: the relay, or the folder of .eml files."""
+        config = desk.config
+        return cls(config.section("email.outgoing"), desk.addresses.refunds, config.path("email.outgoing.folder"), config["email.from_name"])
 
     async def deliver(self, row: dict[str, Any]) -> None:
         msg = compose(row, self.from_address, self.from_name)
