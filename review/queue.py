@@ -27,7 +27,10 @@ PAGE_SIZE = 50  # cases on one page of the console's queue
 # Most urgent first. Store migration m004 has this order as indexes (with and without the
 # status), so a page is read in order rather than every matching case sorted.
 ORDER = "c.review_due_at IS NULL, c.review_due_at, c.created_at, c.id"
-QUICK_WINDOW = 500  # cases read in queue order before a search falls back to the full-text index
+# A search first reads this many cases in queue order (at least QUICK_PAGES pages' worth)
+# before it asks the full-text index how common its term is.
+QUICK_WINDOW = 500
+QUICK_PAGES = 20
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,18 @@ def page_of(db: sqlite_utils.Database, filters: Filters, limit: int | None, offs
 
 
 def quick_page(db: sqlite_utils.Database, filters: Filters, limit: int | None, offset: int) -> list[str] | None:
-    """A page of a search for a common word, or None.
+    """A page of a search for a common term, or None when the full-text index should answer.
 
-    The full-text index first collects every match in the store before the page is cut
-    (half a million for "timeout" among 1,000,000 cases: about a second). A common word
-    also matches many of the first cases in queue order, so reading those with LIKE finds
-    the page at once. When the first cases hold too few matches, the word is rare, and the
-    index answers quickly. LIKE folds ASCII case only: words with other cased letters
-    always go to the index, which folds them too."""
+    The index first collects every match in the store before the page is cut (half a million
+    for "timeout" among 1,000,000 cases: about a second). A common term also matches many of
+    the first cases in queue order, so reading those in order, with LIKE, finds the page at
+    once. When the first QUICK_WINDOW cases hold too few matches, the index says how common
+    the term is (a count, cheap next to collecting): if filling the page by reading on in
+    order is expected to cost less than collecting every match, the walk goes on, at most
+    twice as far as expected. LIKE folds ASCII case only, as SQLite's lower() does: a term
+    with other cased letters always goes to the index, which folds every script."""
     terms = terms_of(filters.search)
-    if limit is None or not terms or not all(all(ch.isascii() or ch.lower() == ch.upper() for ch in t) for t in terms):
+    if limit is None or not terms or not all(likeable(t) for t in terms):
         return None
     where, params = selection(replace(filters, search=None))
     conditions, like_params = [], []
@@ -118,17 +123,77 @@ def quick_page(db: sqlite_utils.Database, filters: Filters, limit: int | None, o
         sql, term_params = like_match(term)
         conditions.append(sql)
         like_params += term_params
-    wanted = offset + limit
-    window = max(QUICK_WINDOW, 20 * wanted)
-    found = [
-        r[0]
-        for r in db.execute(
-            f"SELECT c.id FROM (SELECT c.rowid AS r FROM cases c {where} ORDER BY {ORDER} LIMIT {window}) AS early "
-            f"JOIN cases c ON c.rowid = early.r WHERE {' AND '.join(conditions)} ORDER BY {ORDER} LIMIT {wanted}",
-            params + like_params,
-        )
-    ]
-    return found[offset:] if len(found) >= wanted else None
+    walk = Walk(db, where, params, " AND ".join(conditions), like_params, wanted=offset + limit)
+    walk.read_until(max(QUICK_WINDOW, QUICK_PAGES * walk.wanted))
+    if not walk.done:
+        expected = expected_walk(db, terms, walk.wanted)
+        if expected is not None and expected > walk.read:
+            walk.read_until(2 * expected)
+    return walk.found[offset:] if walk.done else None
+
+
+def likeable(term: str) -> bool:
+    """LIKE finds what the index finds for this term: no letter whose case only the index folds."""
+    return all(ch.isascii() or ch.lower() == ch.upper() for ch in term)
+
+
+class Walk:
+    """Cases of one scope read in queue order, a chunk at a time, keeping those that match,
+    until a page is full or the scope is read to its end."""
+
+    CHUNK = 250  # cases checked per statement: at most one chunk is read past the page's end
+
+    def __init__(self, db: sqlite_utils.Database, where: str, params: list[Any], condition: str, condition_params: list[Any], wanted: int):
+        self.db, self.where, self.params = db, where, params
+        self.condition, self.condition_params = condition, condition_params
+        self.wanted = wanted
+        self.found: list[str] = []
+        self.read = 0
+        self.exhausted = False
+
+    @property
+    def done(self) -> bool:
+        """The page is known: full, or every case of the scope was read."""
+        return len(self.found) >= self.wanted or self.exhausted
+
+    def read_until(self, position: int) -> None:
+        while not self.done and self.read < position:
+            size = min(self.CHUNK, position - self.read)
+            rowids = [r[0] for r in self.db.execute(f"SELECT c.rowid FROM cases c {self.where} ORDER BY {ORDER} LIMIT {size} OFFSET {self.read}", self.params)]
+            self.read += len(rowids)
+            self.exhausted = len(rowids) < size
+            if rowids:
+                hits = dict(self.db.execute(
+                    f"SELECT c.rowid, c.id FROM cases c WHERE c.rowid IN (SELECT value FROM json_each(?)) AND {self.condition}",
+                    [json.dumps(rowids), *self.condition_params],
+                ).fetchall())
+                self.found += [hits[r] for r in rowids if r in hits][: self.wanted - len(self.found)]
+
+
+def expected_walk(db: sqlite_utils.Database, terms: list[str], wanted: int) -> int | None:
+    """How many cases in queue order hold `wanted` matches, if matches are spread evenly (the
+    store's share of the rarest term), when that is fewer than the index's matches to
+    collect; else None. Terms the index cannot count (under three characters) or must not
+    (a digit run: rare by nature, and its common trigrams are slow to count) give no estimate."""
+    countable = [t for t in terms if len(t) >= 3 and narrowing_run(t) is None]
+    if not countable:
+        return None
+    # The highest rowid: the count, within what was deleted after seven years (PIF-10), read
+    # in one step where count(*) reads the whole table.
+    (cases,) = db.execute("SELECT max(rowid) FROM cases").fetchone()
+    matches = min(index_count(db, term) for term in countable)
+    if not cases or not matches:
+        return None
+    expected = wanted * cases // matches
+    return expected if expected <= matches else None
+
+
+def index_count(db: sqlite_utils.Database, term: str) -> int:
+    """About how many cases hold the phrase: the larger of the cases and the messages that do.
+    A case's description is most often its customer's own words, so the two overlap; their
+    sum would count such a case twice and halve the walk's estimate."""
+    phrase = '"' + term.replace('"', '""') + '"'
+    return max(db.execute(f"SELECT count(*) FROM {fts} WHERE {fts} MATCH ?", [phrase]).fetchone()[0] for fts in ("cases_fts", "messages_fts"))
 
 
 def count_queue(db: sqlite_utils.Database, filters: Filters = Filters()) -> int:

@@ -191,3 +191,74 @@ def test_a_term_with_digits_finds_exactly_what_the_whole_phrase_finds(searchable
         return
     found = lambda condition: {r[0] for r in searchable.execute(f"SELECT c.id FROM cases c WHERE {condition[0]}", condition[1])}  # noqa: E731
     assert found(narrowed_match(term, narrow)) == found(phrase_match(term)), term
+
+
+WALKED_WORDS = ["扣了两次", "退款", "timeout", "Timeout", "quota", "额度不足", "charged", "key", "请核实"]
+
+
+@pytest.fixture(scope="module")
+def walkable(tmp_path_factory):
+    """600 cases in two statuses, due at spread times, whose descriptions and messages hold
+    each word at its own rate (from most cases to a handful), so a search for one is found
+    early, late, or nowhere in queue order; our own letters hold two of the words and must not count."""
+    import random
+
+    from refunddesk.store.db import open_db
+
+    rng = random.Random(7)
+    db = open_db(tmp_path_factory.mktemp("walk") / "refunddesk.db")
+    for n in range(600):
+        words = [w for i, w in enumerate(WALKED_WORDS) if rng.random() < 0.6 / (i + 1) ** 1.5]
+        described, said = words[: len(words) // 2], words[len(words) // 2:]
+        case = Case(id=f"RF-{n + 1:06d}", kind="refund", status=rng.choice(["queued", "queued", "approved"]), channel="email",
+                    contact=f"c{n}@x.test", fields={"description": " ".join(["problem", *described])}, created_at=CREATED,
+                    review_due_at=CREATED + timedelta(hours=rng.randrange(0, 2000)) if rng.random() < 0.9 else None)
+        case_store.save_case(db, case, CREATED)
+        case_store.add_message(db, case.id, "in", "email", CREATED, " / ".join(["hello", *said]), sender=case.contact, subject=f"case {n}")
+        case_store.add_message(db, case.id, "out", "email", CREATED, " ".join(WALKED_WORDS[:2]), sender="refunddesk", subject="ours")
+    return db
+
+
+@given(st.data())
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_page_read_in_queue_order_is_the_page_the_index_finds(walkable, monkeypatch, data):
+    """quick_page (cases read in queue order, in chunks, as far as the index's count says) must
+    give exactly the page the full-text index gives, whatever the term's rate and the page."""
+    from refunddesk.review import queue
+
+    monkeypatch.setattr(queue, "QUICK_WINDOW", data.draw(st.sampled_from([1, 10, 60])))
+    monkeypatch.setattr(queue, "QUICK_PAGES", data.draw(st.sampled_from([1, 20])))
+    monkeypatch.setattr(queue.Walk, "CHUNK", data.draw(st.sampled_from([1, 7, 250])))
+    terms = data.draw(st.lists(st.sampled_from(WALKED_WORDS + ["absent-word"]), min_size=1, max_size=2))
+    filters = Filters(status=data.draw(st.sampled_from(["queued", "approved", None])), search=" ".join(terms))
+    limit, offset = data.draw(st.integers(1, 60)), data.draw(st.integers(0, 80))
+    quick = queue.quick_page(walkable, filters, limit, offset)
+    where, params = queue.selection(filters)
+    expected = [r[0] for r in walkable.execute(f"SELECT c.id FROM cases c {where} ORDER BY {queue.ORDER} LIMIT {limit} OFFSET {offset}", params)]
+    if quick is not None:
+        assert quick == expected, (filters, limit, offset)
+
+
+def test_a_term_sparse_in_the_first_window_is_read_on_as_far_as_the_index_count_says(walkable, monkeypatch):
+    from refunddesk.review import queue
+
+    monkeypatch.setattr(queue, "QUICK_WINDOW", 1)
+    monkeypatch.setattr(queue, "QUICK_PAGES", 1)
+    wanted = 5
+
+    def first_window_fills(term: str) -> bool:
+        walk = queue.Walk(walkable, "", [], *queue.like_match(term), wanted=wanted)
+        walk.read_until(wanted)
+        return walk.done
+
+    # A word common enough for the walk to pay, but too sparse among the first cases to fill the page.
+    sparse = [w for w in WALKED_WORDS[2:] if not first_window_fills(w) and (queue.expected_walk(walkable, [w], wanted) or 0) > wanted]
+    assert sparse, "the fixture has no such word"
+    for term in sparse:
+        filters = Filters(status=None, search=term)
+        where, params = queue.selection(filters)
+        expected = [r[0] for r in walkable.execute(f"SELECT c.id FROM cases c {where} ORDER BY {queue.ORDER} LIMIT {wanted}", params)]
+        assert queue.quick_page(walkable, filters, wanted, 0) == expected, term
+    # A term too rare for a walk to pay goes to the index.
+    assert queue.quick_page(walkable, Filters(status=None, search="请核实"), 50, 0) is None
+    assert queue.quick_page(walkable, Filters(status=None, search="absent-word"), 50, 0) is None
