@@ -71,6 +71,7 @@ class Prepared:
     row: dict[str, Any]
     parsed: Parsed | None = None
     files: list[evidence.StoredFile | None] = field(default_factory=list)
+    reading: dialog.Reading | None = None  # the dialog's reading of the text, made before the lock
     refused: str | None = None  # why we will not read it (MailRejected)
     failure: Exception | None = None  # our own error: the row becomes a dead letter
 
@@ -115,6 +116,7 @@ def prepare(desk: Desk, db: sqlite_utils.Database, inbound_id: int) -> Prepared 
         return row["status"]
     try:
         parsed = parse(desk, row)
+        reading = dialog.read(parsed.inbound, parsed.inbound.received_at, desk.policy.timezone)
     except MailRejected as exc:
         log.warning("inbound %s refused: %s", inbound_id, exc)
         return Prepared(row, refused=str(exc))
@@ -126,7 +128,7 @@ def prepare(desk: Desk, db: sqlite_utils.Database, inbound_id: int) -> Prepared 
     except Exception as exc:
         log.exception("inbound %s: its files could not be stored; kept as a dead letter", inbound_id)
         return Prepared(row, failure=exc)
-    return Prepared(row, parsed, files)
+    return Prepared(row, parsed, files, reading)
 
 
 def settle(desk: Desk, db: sqlite_utils.Database, item: Prepared, now: datetime) -> str:
@@ -142,7 +144,7 @@ def settle(desk: Desk, db: sqlite_utils.Database, item: Prepared, now: datetime)
                 return "dead"
             if item.failure is not None:
                 return keep_as_dead_letter(db, inbound_id, item.failure, now)
-            return apply(desk, db, item.row, item.parsed, now, item.files)
+            return apply(desk, db, item.row, item.parsed, now, item.files, item.reading)
     except Exception as exc:
         if not db.conn.in_transaction:
             raise  # SQLite ended the batch's transaction itself (a full disk, I/O): all are retried
@@ -163,7 +165,7 @@ def status_now(db: sqlite_utils.Database, inbound_id: int) -> str:
     return db.execute("SELECT status FROM inbound WHERE id = ?", [inbound_id]).fetchone()[0]
 
 
-def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Parsed, now: datetime, files: list[evidence.StoredFile | None]) -> str:
+def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Parsed, now: datetime, files: list[evidence.StoredFile | None], reading: dialog.Reading | None = None) -> str:
     inbound = parsed.inbound
     inbound_id = row["id"]
     first = spool.first_with_key(db, parsed.dedup_key, inbound_id)
@@ -201,7 +203,7 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
     stored = [store_attachment(desk, db, case.id, a, inbound_id, now, file) for a, file in zip(inbound.attachments, files)]
     inbound = replace(inbound, attachments=tuple(stored))
     ctx = context_for(desk, db, case, inbound)
-    result = dialog.step(case, inbound, inbound.received_at, ctx)
+    result = dialog.step(case, inbound, inbound.received_at, ctx, reading)
     case = result.case
     parent = ctx.known_cases.get(case.fields.get("parent_ref", ""))
     if case.kind == "appeal" and parent is not None:

@@ -10,8 +10,8 @@ Nothing here reads the clock, the disk or the network: `now` and `ctx` come from
 from __future__ import annotations
 
 import re
-from dataclasses import replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, tzinfo
 from typing import Any
 
 from . import answers
@@ -30,6 +30,26 @@ CONFIRM_WORDS = ("yes", "y", "ok", "confirm", "correct", "是", "好", "确认",
 STORY_MIN_LATIN = 24
 STORY_MIN_CJK = 8
 DONE_WORDS = ("done", "that's all", "thats all", "no more", "完成", "好了", "没有了", "就这些")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the customer's text says, read without the case: every field it makes certain,
+    which of them were labelled, and the lines of our fill-in block."""
+
+    found: dict[str, str] = field(default_factory=dict)
+    labelled: frozenset[str] = frozenset()
+    form: dict[str, str] = field(default_factory=dict)
+
+
+def read(inbound: InboundMessage, now: datetime, tz: tzinfo) -> Reading:
+    """The part of a step that needs no case. The worker reads a message before it takes the
+    store's write lock and hands the reading to step(): this was ~40 % of the time the lock
+    was held per mail, while the SMTP receiver's 250s waited on it (bench/smtp_intake.py)."""
+    text = inbound.text or ""
+    if not text.strip():
+        return Reading()
+    return Reading(read_fields(text, now, tz), frozenset(read_labelled(text)), read_form(text))
 
 
 def style_of(channel: str) -> str:
@@ -51,7 +71,9 @@ def new_case(case_id: str, inbound: InboundMessage, now: datetime, kind: str | N
     )
 
 
-def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context) -> StepResult:
+def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context, reading: Reading | None = None) -> StepResult:
+    """`reading` is read(inbound, now, policy timezone), when the caller made it already."""
+    reading = reading if reading is not None else read(inbound, now, ctx.policy.timezone)
     version = ctx.policy.version_at(_purchase_moment(case) or case.created_at or now)
     case = replace(case, policy_version=version.version)
     events: list[tuple[str, dict[str, Any]]] = []
@@ -62,11 +84,11 @@ def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context) -> St
         return _cancel(case, version, ctx, now)
 
     if case.status in DECIDED_STATUSES or case.status == "withdrawn":
-        case, _ = _absorb(case, inbound, now, ctx, version)
+        case, _ = _absorb(case, inbound, now, ctx, version, reading)
         return StepResult(case, case.findings, (Reply("closed", _letter(case, version, ctx, now), "notice"),), ())
 
     before = dict(case.fields)
-    case, invalid = _absorb(case, inbound, now, ctx, version)
+    case, invalid = _absorb(case, inbound, now, ctx, version, reading)
     changed = case.fields != before or bool(inbound.attachments)
     for name in sorted(set(case.fields) - set(before)):
         events.append(("field_set", {"field": name, "value": case.fields[name]}))
@@ -98,23 +120,21 @@ def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context) -> St
 
 
 def _absorb(
-    case: Case, inbound: InboundMessage, now: datetime, ctx: Context, version: PolicyVersion
+    case: Case, inbound: InboundMessage, now: datetime, ctx: Context, version: PolicyVersion, reading: Reading
 ) -> tuple[Case, dict[str, str]]:
     """Take every field the message gives. Free text only fills empty fields; an explicit
     labelled line or a direct answer may correct one. Nothing already held is ever dropped."""
     tz = ctx.policy.timezone
     text = inbound.text or ""
     invalid: dict[str, str] = {}
-    found = read_fields(text, now, tz) if text.strip() else {}
-    labelled = set(read_labelled(text)) if text.strip() else set()
     updates: dict[str, str] = {}
-    for name, value in found.items():
+    for name, value in reading.found.items():
         if name == "case_ref":
             continue
-        if not case.fields.get(name) or _is_labelled(name, labelled):
+        if not case.fields.get(name) or _is_labelled(name, reading.labelled):
             updates[name] = value
     # Lines of our own fill-in block are explicit answers: each is read as the answer to its question.
-    for name, value in read_form(text).items():
+    for name, value in reading.form.items():
         if version.field(name) is None and name != "currency":
             continue
         values, problem = answers.read_answer(name, value, None, now, tz, version)
@@ -179,7 +199,7 @@ def _tells_the_story(case: Case, asking: str | None, inbound: InboundMessage, ve
     return len(text) >= STORY_MIN_LATIN or (len(text) >= STORY_MIN_CJK and re.search(r"[\u4e00-\u9fff]", text) is not None)
 
 
-def _is_labelled(name: str, labelled: set[str]) -> bool:
+def _is_labelled(name: str, labelled: frozenset[str]) -> bool:
     return name in labelled or (name == "currency" and "amount" in labelled)
 
 

@@ -58,6 +58,7 @@ class Outbound:
                 for sender in senders:
                     try:
                         await deliver_due(db, sender)
+                        await rest(sender)
                     except Exception:
                         log.exception("sender %s failed a pass", sender.channel)
                 await asyncio.to_thread(self.due.wait, next_wait(db, senders))
@@ -68,8 +69,9 @@ class Outbound:
 
     def open_senders(self) -> tuple[list[Sender], list]:
         config = self.desk.config
-        senders: list[Sender] = [EmailSender.for_desk(self.desk)]
-        closers = []
+        email_sender = EmailSender.for_desk(self.desk)
+        senders: list[Sender] = [email_sender]
+        closers = [email_sender.close]
         if config["telegram.enabled"]:
             from refunddesk.bot.send import TelegramSender, make_bot
 
@@ -84,6 +86,14 @@ class Outbound:
             senders.append(telegram)
             closers.append(close_telegram)
         return senders, closers
+
+
+async def rest(sender: Sender) -> None:
+    """Between passes: a sender that keeps connections (the relay's SMTP sessions) closes
+    those left idle, instead of holding them open until the relay drops them."""
+    close_idle = getattr(sender, "close_idle", None)
+    if close_idle is not None:
+        await close_idle()
 
 
 def next_wait(db, senders: list[Sender]) -> float:

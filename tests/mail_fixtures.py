@@ -88,6 +88,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    peer: tuple | None = None  # the client's address and port: one per SMTP connection
 
     @property
     def message(self) -> EmailMessage:
@@ -101,7 +102,7 @@ class RecordingHandler:
 
     async def handle_DATA(self, server, session, envelope) -> str:
         with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, tuple(session.peer)))
         return "250 2.0.0 OK"
 
 

@@ -156,3 +156,89 @@ def test_letters_to_different_people_go_out_together_and_one_persons_in_order(st
     assert subjects == [f"[RF-000001] letter {n}" for n in range(3)]  # one person's letters in order
     # Several recipients at once (the window opens with each success), never more than its limit.
     assert 2 < handler.most_at_once <= 8, handler.most_at_once
+
+
+def relay_on(port: int, handler: RecordingHandler) -> Controller:
+    server = Controller(handler, hostname="127.0.0.1", port=port)
+    server.start()
+    return server
+
+
+def test_letters_share_a_few_smtp_sessions_which_are_closed_when_idle(store):
+    handler = RecordingHandler()
+    port = free_port()
+    server = relay_on(port, handler)
+    desk, db, sender = store(None, **{"email.outgoing.host": "127.0.0.1", "email.outgoing.port": port})
+    letters = [enqueue(db, f"person{n}@customer.test") for n in range(30)]
+
+    async def burst() -> tuple[int, int, int]:
+        sent = await deliver_due(db, sender)
+        open_after_burst = len(sender.idle)
+        await sender.close_idle(0)
+        return sent, open_after_burst, len(sender.idle)
+
+    try:
+        sent, open_after_burst, open_after_rest = asyncio.run(burst())
+    finally:
+        server.stop()
+    assert sent == 30 and all(row(db, i)["status"] == "sent" for i in letters)
+    assert sorted(m.rcpt_tos[0] for m in handler.messages) == sorted(f"person{n}@customer.test" for n in range(30))
+    sessions = {m.peer for m in handler.messages}
+    assert 1 <= len(sessions) <= 8, sessions  # at most one per delivery in flight, not one per letter
+    assert open_after_burst == len(sessions) and open_after_rest == 0
+
+
+@pytest.mark.parametrize("probe", [True, False], ids=["idle session probed", "fresh session reused"])
+def test_a_session_the_relay_dropped_costs_no_letter_and_sends_none_twice(store, probe):
+    first_relay, second_relay = RecordingHandler(), RecordingHandler()
+    port = free_port()
+    server = relay_on(port, first_relay)
+    desk, db, sender = store(None, **{"email.outgoing.host": "127.0.0.1", "email.outgoing.port": port})
+    if probe:
+        sender.SESSION_IDLE = 0  # every reused session is asked NOOP first
+
+    async def scenario():
+        nonlocal server
+        enqueue(db, "first@customer.test")
+        assert await deliver_due(db, sender) == 1 and len(sender.idle) == 1
+        server.stop()  # the relay restarts: our open session is dead
+        server = relay_on(port, second_relay)
+        second = enqueue(db, "second@customer.test")
+        sent_now = await deliver_due(db, sender)
+        if not probe:  # found dead while sending: a temporary failure, retried on a new session
+            assert sent_now == 0 and "relay unreachable" in row(db, second)["last_error"]
+            sent_now = await deliver_due(db, sender, now=utcnow() + timedelta(minutes=1))
+        await sender.close()
+        return second, sent_now
+
+    try:
+        second, sent_now = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert sent_now == 1 and row(db, second)["status"] == "sent"
+    assert [m.rcpt_tos for m in first_relay.messages] == [["first@customer.test"]]
+    assert [m.rcpt_tos for m in second_relay.messages] == [["second@customer.test"]]
+
+
+def test_a_refused_recipient_closes_its_session_and_the_next_letter_opens_another(store):
+    handler = PickyHandler()
+    port = free_port()
+    server = relay_on(port, handler)
+    desk, db, sender = store(None, **{"email.outgoing.host": "127.0.0.1", "email.outgoing.port": port})
+
+    async def one_by_one():
+        results = []
+        for recipient in ("fine@customer.test", "gone@customer.test", "fine2@customer.test"):
+            enqueue(db, recipient)
+            results.append(await deliver_due(db, sender))
+        await sender.close()
+        return results
+
+    try:
+        results = asyncio.run(one_by_one())
+    finally:
+        server.stop()
+    assert results == [1, 0, 1]
+    first, last = handler.messages
+    assert first.rcpt_tos == ["fine@customer.test"] and last.rcpt_tos == ["fine2@customer.test"]
+    assert first.peer != last.peer  # the session that saw the 550 was not reused

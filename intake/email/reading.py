@@ -14,6 +14,8 @@ import email.policy
 import functools
 from typing import Any
 
+from .registry import REGISTRY
+
 
 class ReadingPolicy(email.policy.EmailPolicy):
     def header_fetch_parse(self, name: str, value: Any) -> Any:
@@ -27,7 +29,7 @@ def _parsed(policy: ReadingPolicy, name: str, value: str) -> Any:
     return email.policy.EmailPolicy.header_fetch_parse(policy, name, value)
 
 
-READING = ReadingPolicy()
+READING = ReadingPolicy(header_factory=REGISTRY)
 SLICE = 64 * 1024
 
 
