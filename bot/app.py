@@ -208,7 +208,8 @@ class TelegramBot:
             meta = await self.fetch_files(update.message)
         raw = json.dumps(update.to_dict(), ensure_ascii=False).encode("utf-8")
         at = received_at(update)
-        _, new = await self.committer.write(lambda db: spool.spool(db, "telegram", transport_id, raw, at, meta), len(raw))
+        chat = update.effective_chat.id if update.effective_chat else None
+        _, new = await self.committer.write(lambda db: spool.spool(db, "telegram", transport_id, raw, at, meta, chat), len(raw))
         if new:
             self.wake()
 

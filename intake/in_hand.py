@@ -29,8 +29,10 @@ SUFFIX = "-inhand"
 
 
 class InHand:
-    def __init__(self, db_path: Path) -> None:
-        self.path = Path(f"{db_path}{SUFFIX}")
+    def __init__(self, db_path: Path, lane: int = 0) -> None:
+        # One file per worker lane (`<store>-inhand`, `<store>-inhand-1`, ...): a lane's
+        # restarted worker takes the same share of the spool its predecessor held.
+        self.path = Path(f"{db_path}{SUFFIX}" if lane == 0 else f"{db_path}{SUFFIX}-{lane}")
         self.deaths: dict[int, int] = {}
         self.holding: list[int] = []
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_CONFIG = "REFUNDDESK_CONFIG"
+MAX_WORKERS = 16
 DEFAULT_CONFIG = "refunddesk.toml"
 
 
@@ -29,6 +30,7 @@ class Key:
 SCHEMA: dict[str, Key] = {
     "store.path": Key(str, "var/refunddesk.db"),
     "store.files": Key(str, "var/files"),
+    "worker.processes": Key(int, 1),
     "policy.preset": Key(str, "302ai", choices=("302ai", "ipfixed")),
     "policy.file": Key(str, ""),
     "policy.calendar_overrides": Key(str, ""),
@@ -146,6 +148,8 @@ def validate(raw: dict[str, Any], source: str, environ: dict[str, str] | None = 
     for key in ("email.refunds_address", "email.appeals_address"):
         if "@" not in values[key] or any(c in values[key] for c in "\r\n <>"):
             raise ConfigError(f"{source}: key {key!r} must be a plain email address, not {values[key]!r}")
+    if not 1 <= values["worker.processes"] <= MAX_WORKERS:
+        raise ConfigError(f"{source}: key 'worker.processes' must be from 1 to {MAX_WORKERS}, not {values['worker.processes']}")
     if values["telegram.enabled"] and not values["telegram.token"]:
         raise ConfigError(f"{source}: telegram.enabled is true but 'telegram.token' is empty (set it or {env_name('telegram.token')})")
     if values["email.imap.enabled"] and not values["email.imap.username"]:

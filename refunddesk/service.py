@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from refunddesk.desk import Desk
 from refunddesk.store.db import use_writer_turns
-from refunddesk.worker import Worker, fix_mmap_threshold
+from refunddesk.worker import Workers, fix_mmap_threshold
 
 log = logging.getLogger("refunddesk.service")
 
@@ -27,7 +27,7 @@ class Service:
         self.desk = desk
         self.stopping = threading.Event()
         self.swept = threading.Event()  # the worker's start-up sweep of orphaned files is over
-        self.worker = Worker(desk, self.swept, self.stopping)
+        self.worker = Workers(desk, self.swept, self.stopping)
         self.stoppers: list[Callable[[], Any]] = []
         self.tasks: list[asyncio.Task] = []
 

@@ -63,12 +63,20 @@ def ring(fd: int, signal_byte: bytes) -> bool:
 
 
 class Worker:
-    """The worker process as the service sees it; started again if it ever ends by itself."""
+    """One worker process as the service sees it; started again if it ever ends by itself.
 
-    def __init__(self, desk: Desk, swept: threading.Event, stopping: threading.Event) -> None:
+    With `worker.processes` above one, each is one lane of the spool (store/spool.pending_ids):
+    lane 0 also sends the replies and sweeps at start-up; the others ring the service when
+    they wrote replies (`replies_due`), and it rings lane 0."""
+
+    def __init__(self, desk: Desk, swept: threading.Event, stopping: threading.Event, lane: tuple[int, int] = (0, 1),
+                 replies_due: Callable[[], None] = lambda: None, on_swept: Callable[[], None] = lambda: None) -> None:
         self.desk = desk
         self.swept = swept
         self.stopping = stopping
+        self.lane = lane
+        self.replies_due = replies_due
+        self.on_swept = on_swept
         self.process: subprocess.Popen | None = None
         self.to_worker: int | None = None
         # ring() runs in the channels' threads: the pipe must not be closed between its read
@@ -84,7 +92,8 @@ class Worker:
         from_reader, from_writer = os.pipe()
         # Only until one worker has swept: after that the Telegram bot runs (it waits for the
         # sweep), and its downloads are on disk a moment before their update is spooled.
-        start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, not self.swept.is_set())
+        sweep = self.lane[0] == 0 and not self.swept.is_set()
+        start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, sweep, self.lane)
         try:
             # -P: the service's working directory must not come first on the worker's import path.
             self.process = subprocess.Popen([sys.executable, "-P", "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer))
@@ -115,6 +124,9 @@ class Worker:
                 return
             if SWEPT in data:
                 self.swept.set()
+                self.on_swept()
+            if REPLIES_DUE in data:
+                self.replies_due()
             if not data:  # the worker is gone; supervise() starts another
                 loop.remove_reader(fd)
                 os.close(fd)
@@ -141,10 +153,10 @@ class Worker:
                 await self.ended()
                 if self.stopping.is_set():
                     return
-                log.error("the worker ended unexpectedly (exit code %s)", self.process.returncode)
+                log.error("the worker ended unexpectedly (exit code %s)%s", self.process.returncode, self.which())
             self.restarts += 1
             pause = min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2 ** min(self.restarts - 1, 10))
-            log.info("starting the worker again in %.0f s", pause)
+            log.info("starting the worker again in %.0f s%s", pause, self.which())
             self.close_doorbell()
             await asyncio.to_thread(self.stopping.wait, pause)
             if self.stopping.is_set():
@@ -154,6 +166,11 @@ class Worker:
             except Exception:
                 log.exception("could not start the worker; trying again")
                 self.process = None
+
+    def which(self) -> str:
+        """For the log: which of several workers this is (nothing when there is one)."""
+        k, n = self.lane
+        return f" [worker {k + 1} of {n}]" if n > 1 else ""
 
     async def ended(self) -> None:
         """Until the worker process has ended (and is reaped)."""
@@ -188,9 +205,53 @@ class Worker:
         except subprocess.TimeoutExpired:
             # It ignores SIGTERM (a service manager's group signal must not cut a message),
             # so a worker stuck past the timeout is killed; its transaction rolls back.
-            log.warning("the worker did not stop within %s s; killing it", timeout)
+            log.warning("the worker did not stop within %s s; killing it%s", timeout, self.which())
             self.process.kill()
             self.process.wait(5)
+
+
+class Workers:
+    """The service's worker processes (`worker.processes`), rung and stopped as one.
+
+    Lane 0 starts first: its start-up sweep processes everything that was pending, and the
+    other lanes would only race it for the same rows, so they start once it has swept."""
+
+    def __init__(self, desk: Desk, swept: threading.Event, stopping: threading.Event) -> None:
+        count = desk.config["worker.processes"]
+        self.lanes = [Worker(desk, swept, stopping, (k, count), self.set, self.start_others if k == 0 else lambda: None) for k in range(count)]
+        self.others: list[asyncio.Task] = []
+
+    def ring(self, signal_byte: bytes = SPOOLED) -> None:
+        for worker in self.lanes:
+            worker.ring(signal_byte)
+
+    def set(self) -> None:
+        """Replies are due: lane 0 sends them."""
+        self.lanes[0].ring(REPLIES_DUE)
+
+    def start(self) -> None:
+        self.lanes[0].start()
+
+    def start_others(self) -> None:
+        """On the service's loop, when lane 0 reports its sweep done (once)."""
+        if self.others:
+            return
+        for worker in self.lanes[1:]:
+            try:
+                worker.start()
+            except Exception:
+                log.exception("could not start the worker; trying again%s", worker.which())
+            self.others.append(asyncio.get_running_loop().create_task(worker.supervise()))
+
+    async def supervise(self) -> None:
+        await self.lanes[0].supervise()
+        await asyncio.gather(*self.others)
+
+    def stop(self, timeout: float = 30) -> None:
+        for worker in self.lanes:
+            worker.close_doorbell()  # all at once: each finishes its message in hand meanwhile
+        for worker in self.lanes:
+            worker.stop(timeout)
 
 
 # --- inside the worker process ------------------------------------------------------------------
@@ -222,7 +283,7 @@ def main() -> None:
     run_worker(*pickle.load(sys.stdin.buffer))
 
 
-def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_level: int, sweep: bool) -> None:
+def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_level: int, sweep: bool, lane: tuple[int, int] = (0, 1)) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     die_with(parent)
     # Ctrl-C and a service manager's SIGTERM reach the whole process group; the service
@@ -237,19 +298,21 @@ def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_le
     use_writer_turns()
     doorbell = Doorbell(to_worker)
     os.set_blocking(from_worker, False)
-    work(desk, doorbell, lambda signal_byte: ring(from_worker, signal_byte), sweep)
+    work(desk, doorbell, lambda signal_byte: ring(from_worker, signal_byte), sweep, lane)
 
 
-def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep: bool = True) -> None:
+def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep: bool = True, lane: tuple[int, int] = (0, 1)) -> None:
     db = desk.open_db(durable=False)  # no client waits on these commits (store/db.py)
-    outbound = Outbound(desk)
-    doorbell.replies_due = outbound.wake
-    outbound.start()
-    in_hand = InHand(desk.db_path)
+    outbound = Outbound(desk) if lane[0] == 0 else None  # one sender: one window of deliveries, one order per recipient
+    if outbound is not None:
+        doorbell.replies_due = outbound.wake
+        outbound.start()
+    replies_written = outbound.wake if outbound is not None else lambda: notify(REPLIES_DUE)
+    in_hand = InHand(desk.db_path, lane[0])
     in_hand.recover(db, utcnow())
     if sweep:
         sweep_orphans(desk, db, in_hand)
-        outbound.wake()  # the sweep answered what an interrupted run left pending
+        replies_written()  # the sweep answered what an interrupted run left pending
         notify(SWEPT)
     while not doorbell.closed:
         handled = 0
@@ -257,20 +320,21 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
             # A few messages a pass, in one transaction (intake/pipeline.process_many), and
             # then their replies go out while the next ones are processed (a pass of 100
             # held every acknowledgement of a backlog until the last was done).
-            handled = process_round(desk, db, in_hand, PASS_ROWS)
+            handled = process_round(desk, db, in_hand, PASS_ROWS, lane=lane)
             if handled:
-                outbound.wake()
+                replies_written()
         except Exception:
             log.exception("worker pass failed; retrying")
         doorbell.wait(0 if handled else IDLE_WAIT)
     db.conn.close()
-    outbound.stop()
+    if outbound is not None:
+        outbound.stop()
 
 
-def process_round(desk: Desk, db, in_hand: InHand, limit: int, up_to: int | None = None) -> int:
-    """One batch of the spool (rows up to id `up_to`, if given), held in hand while it is
-    processed; how many rows were handled."""
-    waiting = [i for i in spool.pending_ids(db, limit) if up_to is None or i <= up_to]
+def process_round(desk: Desk, db, in_hand: InHand, limit: int, up_to: int | None = None, lane: tuple[int, int] = (0, 1)) -> int:
+    """One batch of the spool (this lane's rows; those up to id `up_to`, if given), held in
+    hand while it is processed; how many rows were handled."""
+    waiting = [i for i in spool.pending_ids(db, limit, lane) if up_to is None or i <= up_to]
     waiting = in_hand.choose(waiting)
     if not waiting:
         return 0

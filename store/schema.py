@@ -261,3 +261,13 @@ def m005_search_index_on_change(db):
         "INSERT INTO cases_fts (cases_fts, rowid, id, contact, description) VALUES ('delete', old.rowid, old.id, old.contact, old.description); "
         "INSERT INTO cases_fts (rowid, id, contact, description) VALUES (new.rowid, new.id, new.contact, new.description); END"
     )
+
+
+@MIGRATIONS()
+def m006_inbound_conversation(db):
+    """Which conversation a spooled row belongs to (a Telegram chat), so that with several
+    workers (worker.processes) one chat's updates are all taken by one worker, in order.
+    The index covers what a worker asks for its share of the spool: the rows' `raw` comes
+    before these columns, and reading past it would walk a large mail's overflow pages."""
+    db.execute("ALTER TABLE inbound ADD COLUMN conversation INTEGER")
+    db.execute("CREATE INDEX inbound_lanes ON inbound (status, id, conversation)")

@@ -27,15 +27,17 @@ def spool(
     raw: bytes | bytearray,
     received_at: datetime,
     meta: dict[str, Any] | None = None,
+    conversation: int | None = None,
 ) -> tuple[int, bool]:
-    """Store one raw message durably. Returns (row id, True if new, False if already spooled)."""
+    """Store one raw message durably. Returns (row id, True if new, False if already spooled).
+    `conversation` (a Telegram chat's id) keeps one conversation's rows with one worker."""
     # SQLite copies a bound value before it writes it: a 28 MB mail was in the receiver's
     # memory twice. A large one is inserted as zeros of its length and written in place.
     large = len(raw) > BLOB_PIECE
     with transaction(db):
         cursor = db.execute(
-            f"INSERT OR IGNORE INTO inbound (channel, transport_id, received_at, raw, meta) VALUES (?, ?, ?, {'zeroblob(?)' if large else '?'}, ?)",
-            [channel, transport_id, stamp(received_at), len(raw) if large else raw, json.dumps(meta or {}, ensure_ascii=False)],
+            f"INSERT OR IGNORE INTO inbound (channel, transport_id, received_at, raw, meta, conversation) VALUES (?, ?, ?, {'zeroblob(?)' if large else '?'}, ?, ?)",
+            [channel, transport_id, stamp(received_at), len(raw) if large else raw, json.dumps(meta or {}, ensure_ascii=False), conversation],
         )
         if cursor.rowcount:
             if large:
@@ -52,8 +54,20 @@ def write_in_pieces(db: sqlite_utils.Database, inbound_id: int, raw: bytes | byt
             blob.write(view[start : start + BLOB_PIECE])
 
 
-def pending_ids(db: sqlite_utils.Database, limit: int = 100) -> list[int]:
-    return [r[0] for r in db.execute("SELECT id FROM inbound WHERE status = 'pending' ORDER BY id LIMIT ?", [limit])]
+def pending_ids(db: sqlite_utils.Database, limit: int = 100, lane: tuple[int, int] = (0, 1)) -> list[int]:
+    """The oldest pending rows; with `lane` = (k, n), only worker k's share of n workers: all
+    of a conversation's rows fall to one worker, which takes them in order, and rows of no
+    conversation (mail: each letter is read on its own) are spread by id."""
+    k, n = lane
+    if n == 1:
+        return [r[0] for r in db.execute("SELECT id FROM inbound WHERE status = 'pending' ORDER BY id LIMIT ?", [limit])]
+    return [
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM inbound INDEXED BY inbound_lanes WHERE status = 'pending' AND abs(coalesce(conversation, id)) % ? = ? ORDER BY id LIMIT ?",
+            [n, k, limit],
+        )
+    ]
 
 
 def load(db: sqlite_utils.Database, inbound_id: int) -> dict[str, Any]:
