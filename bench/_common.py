@@ -99,6 +99,10 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
 # --- the real service ----------------------------------------------------------------------------
 
 
+def add_workers_option(parser) -> None:
+    parser.add_argument("--workers", type=int, default=1, help="worker.processes of serve (default 1, as shipped)")
+
+
 def base_settings(folder: Path, **overrides: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "store.path": str(folder / "refunddesk.db"),

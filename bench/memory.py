@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--attachment-mb", type=float, default=20, help="attachment size in MiB (default 20)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the cases")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (store, logs)")
+    c.add_workers_option(parser)
     args = parser.parse_args()
 
     c.header("Memory: peak RSS of serve during a burst of large mails")
@@ -53,6 +54,7 @@ def main() -> None:
             "email.smtp_intake.max_message_bytes": limit,
             "email.outgoing.host": "127.0.0.1",
             "email.outgoing.port": relay_port,
+            "worker.processes": args.workers,
         },
     )
     serve = c.Serve(folder, settings)

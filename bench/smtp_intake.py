@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import sys
 import time
+from statistics import median
 
 import _common as c
 
@@ -51,6 +52,7 @@ def measure_serve(folder, mails, warmup, args, split: bool = False) -> dict:
             "email.smtp_intake.enabled": not split,
             "email.outgoing.host": "127.0.0.1",
             "email.outgoing.port": relay_port,
+            "worker.processes": args.workers,
         },
     )
     serve = c.Serve(folder, settings)
@@ -104,10 +106,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20, help="concurrent SMTP connections (default 20)")
     parser.add_argument("--messages", type=int, default=1000, help="mails per measured run (default 1000)")
     parser.add_argument("--size", type=int, default=20_000, help="bytes per mail (default 20000)")
-    parser.add_argument("--rounds", type=int, default=2, help="sink/serve rounds; the best of each is kept (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="sink/serve rounds, each a pair measured back to back (default 3)")
     parser.add_argument("--reconnect", action="store_true", help="one connection per mail instead of one per client")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the end-to-end work")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folders (store, logs)")
+    c.add_workers_option(parser)
     parser.add_argument("--split", action="store_true", help="also measure the what-if: receiver and worker in two processes")
     args = parser.parse_args()
 
@@ -126,14 +129,20 @@ def main() -> None:
             split_runs.append(measure_serve(c.scratch("split", args.keep), mails, warmup, args, split=True))
             run = split_runs[-1]
             print(f"  split: {run['accepted']:8.1f} msg/s accepted, {run['end_to_end']:8.1f} msg/s end to end (what-if: receiver and worker in two processes)")
+    # Each round measures the sink and serve back to back: their ratio is taken within the
+    # round (paired), so a moment when this shared machine is slower for both cancels out. The
+    # verdict is on the median round; the best of each over all rounds is shown beside it.
+    accepted_ratios = [r["accepted"] / sink for r, sink in zip(serve_runs, sink_rates)]
+    end_to_end_ratios = [r["end_to_end"] / sink for r, sink in zip(serve_runs, sink_rates)]
     sink = max(sink_rates)
     accepted = max(r["accepted"] for r in serve_runs)
     end_to_end = max(r["end_to_end"] for r in serve_runs)
     print()
-    print(f"{'':28}{'msg/s':>10}{'vs sink':>10}{'target':>10}")
+    print(f"rounds in order (serve / the sink of the same round): accepted {', '.join(f'{r:.0%}' for r in accepted_ratios)}; end to end {', '.join(f'{r:.0%}' for r in end_to_end_ratios)}")
+    print(f"{'':28}{'msg/s':>10}{'best/best':>10}{'median':>10}{'target':>10}")
     print(f"{'bare aiosmtpd sink':28}{sink:10.1f}{'100 %':>10}")
-    print(f"{'serve: accepted (250)':28}{accepted:10.1f}{accepted / sink:10.0%}{'>= 70 %':>10}  {c.verdict(accepted / sink >= 0.70)}")
-    print(f"{'serve: case + ack in outbox':28}{end_to_end:10.1f}{end_to_end / sink:10.0%}{'>= 50 %':>10}  {c.verdict(end_to_end / sink >= 0.50)}")
+    print(f"{'serve: accepted (250)':28}{accepted:10.1f}{accepted / sink:10.0%}{median(accepted_ratios):10.0%}{'>= 70 %':>10}  {c.verdict(median(accepted_ratios) >= 0.70)}")
+    print(f"{'serve: case + ack in outbox':28}{end_to_end:10.1f}{end_to_end / sink:10.0%}{median(end_to_end_ratios):10.0%}{'>= 50 %':>10}  {c.verdict(median(end_to_end_ratios) >= 0.50)}")
     if split_runs:
         accepted = max(r["accepted"] for r in split_runs)
         end_to_end = max(r["end_to_end"] for r in split_runs)

@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--photo-bytes", type=int, default=20_000, help="size of each customer's screenshot (default 20000)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for each bot to finish")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folders (store, logs)")
+    c.add_workers_option(parser)
     args = parser.parse_args()
 
     c.header("Telegram throughput (real PTB, fake Bot API)")
@@ -150,7 +151,7 @@ def main() -> None:
     serve_box: dict[str, c.Serve] = {}
 
     def start_ours(fake) -> None:
-        settings = c.base_settings(folder, **{"telegram.enabled": True, "telegram.api_url": fake.url})
+        settings = c.base_settings(folder, **{"telegram.enabled": True, "telegram.api_url": fake.url, "worker.processes": args.workers})
         serve = c.Serve(folder, settings, env={"REFUNDDESK_TELEGRAM_TOKEN": fake.token})
         serve_box["serve"] = serve
         serve.start()
