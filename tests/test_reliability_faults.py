@@ -139,11 +139,11 @@ class FullDisk:
             biggest = max(p.stat().st_size for p in self.root.glob("refunddesk.db*"))
             resource.prlimit(pid, resource.RLIMIT_FSIZE, (biggest, resource.RLIM_INFINITY))
             return
-        with open(self.filler, "wb") as handle:
+        # Unbuffered: a buffered file would try to write its last partial block again on close.
+        with open(self.filler, "wb", buffering=0) as handle:
             try:
                 while True:
                     handle.write(b"\0" * 65536)
-                    handle.flush()
             except OSError:
                 pass  # ENOSPC: the disk is full
         assert os.statvfs(self.root).f_bavail == 0
