@@ -87,6 +87,40 @@ def test_full_text_search_in_english_and_chinese(filled):
     assert search("zq") == [cases["older"]]
 
 
+def fts_rows(db, phrase: str) -> list[int]:
+    return [r[0] for r in db.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid", [f'"{phrase}"'])]
+
+
+def test_only_customers_messages_are_indexed_and_the_index_stays_whole(filled):
+    desk, db, now, cases = filled
+    case_id = cases["older"]
+    ours = case_store.add_message(db, case_id, "out", "email", now, "our boilerplate, wombat", sender="refunddesk", subject="ours")
+    theirs = case_store.add_message(db, case_id, "in", "email", now, "the customer says numbat", sender="c@x.test", subject="re")
+    assert fts_rows(db, "wombat") == [] and fts_rows(db, "numbat") == [theirs]
+    db.execute("UPDATE messages SET text = 'the customer says bilby' WHERE id = ?", [theirs])
+    db.execute("UPDATE messages SET text = 'still ours, quokka' WHERE id = ?", [ours])
+    assert fts_rows(db, "numbat") == [] and fts_rows(db, "bilby") == [theirs] and fts_rows(db, "quokka") == []
+    db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")  # raises if index and view differ
+    assert ids(list_queue(desk, db, now, Filters(status=None, search="bilby"))) == [case_id]
+
+
+def test_the_migration_drops_our_letters_from_an_existing_index(tmp_path):
+    """A store made before m007 had every message indexed; after it, only the customers'."""
+    import sqlite_utils
+
+    from refunddesk.store.schema import MIGRATIONS
+
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    MIGRATIONS.apply(db, stop_before="m007_search_customers_words_only")
+    case_store.save_case(db, Case(id="RF-000001", kind="refund", status="queued", channel="email", contact="c@x.test", created_at=CREATED), CREATED)
+    ours = case_store.add_message(db, "RF-000001", "out", "email", CREATED, "our letter, wombat", sender="refunddesk", subject="ours")
+    theirs = case_store.add_message(db, "RF-000001", "in", "email", CREATED, "their words, numbat", sender="c@x.test", subject="re")
+    assert fts_rows(db, "wombat") == [ours]  # as before
+    MIGRATIONS.apply(db)
+    assert fts_rows(db, "wombat") == [] and fts_rows(db, "numbat") == [theirs]
+    db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+
+
 def test_search_follows_a_changed_description_and_saves_that_change_nothing_keep_the_index_whole(filled):
     desk, db, now, cases = filled
     search = lambda q: ids(list_queue(desk, db, now, Filters(status=None, search=q)))  # noqa: E731
