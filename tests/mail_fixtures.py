@@ -106,6 +106,13 @@ class RecordingHandler:
         return "250 2.0.0 OK"
 
 
+def relay_on(port: int, handler: "RecordingHandler") -> Controller:
+    """A relay with a handler of the test's own, started on `port` (stopped by the test)."""
+    server = Controller(handler, hostname="127.0.0.1", port=port)
+    server.start()
+    return server
+
+
 class Relay:
     """A second aiosmtpd standing in for the outgoing relay; it records what we send."""
 

@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from conftest import free_port
-from mail_fixtures import REFUNDS, RecordingHandler, desk_from, mail_settings, relay  # noqa: F401 (fixture)
+from mail_fixtures import REFUNDS, RecordingHandler, desk_from, mail_settings, relay, relay_on  # noqa: F401 (fixture)
 from refunddesk.intake.delivery import deliver_due
 from refunddesk.intake.email.send import EmailSender
 from refunddesk.store import outbox
@@ -156,12 +156,6 @@ def test_letters_to_different_people_go_out_together_and_one_persons_in_order(st
     assert subjects == [f"[RF-000001] letter {n}" for n in range(3)]  # one person's letters in order
     # Several recipients at once (the window opens with each success), never more than its limit.
     assert 2 < handler.most_at_once <= 8, handler.most_at_once
-
-
-def relay_on(port: int, handler: RecordingHandler) -> Controller:
-    server = Controller(handler, hostname="127.0.0.1", port=port)
-    server.start()
-    return server
 
 
 def test_letters_share_a_few_smtp_sessions_which_are_closed_when_idle(store):

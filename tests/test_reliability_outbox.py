@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from aiosmtpd.controller import Controller
 
 from conftest import free_port
-from mail_fixtures import REFUNDS, RecordingHandler, desk_from, letter, mail_settings
+from mail_fixtures import REFUNDS, RecordingHandler, desk_from, letter, mail_settings, relay_on
 from refunddesk.intake import pipeline
 from refunddesk.intake.delivery import deliver_due
 from refunddesk.intake.email.send import EmailSender
@@ -24,16 +23,10 @@ from refunddesk.store.clock import utcnow
 REQUEST = "The chat model froze and gave no result, but credit was deducted.\nAmount: 3.00 USD\nAccount ID: u_77\n"
 
 
-def start_relay(handler: RecordingHandler, port: int) -> Controller:
-    relay = Controller(handler, hostname="127.0.0.1", port=port)
-    relay.start()
-    return relay
-
-
 def test_relay_down_for_an_hour_acknowledgements_wait_and_go_out_exactly_once(tmp_path):
     port = free_port()
     handler = RecordingHandler()
-    relay = start_relay(handler, port)
+    relay = relay_on(port, handler)
     desk, _ = desk_from(tmp_path, mail_settings(tmp_path, **{"email.outgoing.host": "127.0.0.1", "email.outgoing.port": port}))
     db = desk.open_db()
     sender = EmailSender(desk.config.section("email.outgoing"), desk.addresses.refunds, desk.config.path("email.outgoing.folder"))
@@ -61,7 +54,7 @@ def test_relay_down_for_an_hour_acknowledgements_wait_and_go_out_exactly_once(tm
         assert all(r["attempts"] >= 3 and r["last_error"].startswith("relay unreachable") for r in rows), rows
         assert db.execute("SELECT count(*) FROM cases WHERE contact LIKE 'wait%' AND acknowledged_at IS NULL").fetchone()[0] == 3
 
-        relay = start_relay(handler, port)  # the relay is back
+        relay = relay_on(port, handler)  # the relay is back
         delivered = sum(deliver(start + timedelta(minutes=minute)) for minute in range(61, 181))
         assert delivered == 3
         assert sum(deliver(start + timedelta(hours=hours)) for hours in range(3, 48)) == 0  # nothing twice
