@@ -1,8 +1,11 @@
 """The store's schema as ordered migrations. Never edit an applied migration: add a new one."""
 from __future__ import annotations
 
+import logging
+
 from sqlite_utils.migrations import Migrations
 
+log = logging.getLogger("refunddesk.store")
 MIGRATIONS = Migrations("refunddesk")
 
 
@@ -300,3 +303,62 @@ def m007_search_customers_words_only(db):
         "INSERT INTO messages_fts (messages_fts, rowid, subject, text) VALUES ('delete', old.id, old.subject, old.text); END"
     )
     db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
+
+
+@MIGRATIONS(transactional=False)
+def m008_spool_raw_last(db):
+    """The spool's raw bytes as the last column of its rows. A large message is inserted as a
+    zero blob and written in place (store/spool.py); SQLite leaves a zero blob unexpanded only
+    when it ends the row. With columns after it, the receiver built every 28 MB row in full
+    first: ~28 MB of its peak during a burst of large mails (bench/memory.py: 141 -> 114 MB).
+
+    The table is rebuilt, as SQLite's ALTER TABLE cannot move a column: with foreign keys off
+    (the messages refer to it), which needs to be outside a transaction, so this step
+    manages its own and is a no-op once done. On a large spool it copies every raw message once."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(inbound)")]
+    if columns[-1] == "raw":
+        return
+    conn = db.conn
+    if conn.in_transaction:
+        raise RuntimeError("m008 rebuilds the spool table and must start outside a transaction")
+    log.info("rebuilding the spool table once (its raw bytes move to the end of each row)")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            dependents = [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE tbl_name = 'inbound' AND type IN ('index', 'trigger') AND sql IS NOT NULL")]
+            conn.execute(
+                """
+                CREATE TABLE inbound_rebuilt (
+                    id INTEGER PRIMARY KEY,
+                    channel TEXT NOT NULL,
+                    transport_id TEXT NOT NULL,
+                    received_at TEXT NOT NULL,
+                    meta TEXT NOT NULL DEFAULT '{}',
+                    status TEXT NOT NULL DEFAULT 'pending',
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    error TEXT,
+                    dedup_key TEXT,
+                    case_id TEXT,
+                    processed_at TEXT,
+                    conversation INTEGER,
+                    raw BLOB NOT NULL,
+                    UNIQUE (channel, transport_id)
+                )
+                """
+            )
+            kept = ", ".join(c for c in columns if c != "raw")
+            conn.execute(f"INSERT INTO inbound_rebuilt ({kept}, raw) SELECT {kept}, raw FROM inbound")
+            conn.execute("DROP TABLE inbound")
+            conn.execute("ALTER TABLE inbound_rebuilt RENAME TO inbound")
+            for sql in dependents:
+                conn.execute(sql)
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the spool rebuild would break references: {broken[:5]}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
