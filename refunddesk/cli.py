@@ -120,6 +120,7 @@ def cmd_deliver(args) -> int:
     import os
 
     from refunddesk.intake import pipeline
+    from refunddesk.intake.email.parse import mail_conversation
     from refunddesk.store import spool
     from refunddesk.store.clock import utcnow
 
@@ -132,7 +133,7 @@ def cmd_deliver(args) -> int:
     try:
         desk = open_desk(args)
         db = desk.open_db()
-        inbound_id, _ = spool.spool(db, "email", f"pipe:{uuid.uuid4()}", raw, utcnow(), meta)
+        inbound_id, _ = spool.spool(db, "email", f"pipe:{uuid.uuid4()}", raw, utcnow(), meta, mail_conversation(raw, meta))
     except (sqlite3.OperationalError, OSError) as exc:
         # Not stored: tell the MTA to keep the message and try again later.
         print(f"refunddesk: temporary failure, message not stored: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable
 
 from refunddesk.desk import Desk
@@ -234,7 +235,7 @@ class Workers:
 
     def start_others(self) -> None:
         """On the service's loop, when lane 0 reports its sweep done (once)."""
-        if self.others:
+        if self.others or self.lanes[0].stopping.is_set():  # a sweep that ends as serve stops starts nothing
             return
         for worker in self.lanes[1:]:
             try:
@@ -248,10 +249,12 @@ class Workers:
         await asyncio.gather(*self.others)
 
     def stop(self, timeout: float = 30) -> None:
+        """Within `timeout` for all of them, not each in turn."""
         for worker in self.lanes:
             worker.close_doorbell()  # all at once: each finishes its message in hand meanwhile
+        deadline = time.monotonic() + timeout
         for worker in self.lanes:
-            worker.stop(timeout)
+            worker.stop(max(0.0, deadline - time.monotonic()))
 
 
 # --- inside the worker process ------------------------------------------------------------------

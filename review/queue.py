@@ -8,6 +8,7 @@ to LIKE, because a trigram index cannot answer them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, replace
@@ -124,12 +125,28 @@ def quick_page(db: sqlite_utils.Database, filters: Filters, limit: int | None, o
         conditions.append(sql)
         like_params += term_params
     walk = Walk(db, where, params, " AND ".join(conditions), like_params, wanted=offset + limit)
-    walk.read_until(max(QUICK_WINDOW, QUICK_PAGES * walk.wanted))
-    if not walk.done:
-        expected = expected_walk(db, terms, walk.wanted)
-        if expected is not None and expected > walk.read:
-            walk.read_until(2 * expected)
+    with one_snapshot(db):  # the walk's chunks are statements of their own: one view of the store
+        walk.read_until(max(QUICK_WINDOW, QUICK_PAGES * walk.wanted))
+        if not walk.done:
+            expected = expected_walk(db, terms, walk.wanted)
+            if expected is not None and expected > walk.read:
+                walk.read_until(2 * expected)
     return walk.found[offset:] if walk.done else None
+
+
+@contextlib.contextmanager
+def one_snapshot(db: sqlite_utils.Database):
+    """Several reads that see the store as of one moment: a case queued between two chunks of
+    a walk would otherwise shift the OFFSET of the next, and a page would show a case twice.
+    Within a transaction already open, its own view serves."""
+    if db.conn.in_transaction:
+        yield
+        return
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")  # nothing was written: this only ends the read
 
 
 def likeable(term: str) -> bool:

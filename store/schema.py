@@ -314,14 +314,17 @@ def m008_spool_raw_last(db):
 
     The table is rebuilt, as SQLite's ALTER TABLE cannot move a column: with foreign keys off
     (the messages refer to it), which needs to be outside a transaction, so this step
-    manages its own and is a no-op once done. On a large spool it copies every raw message once."""
+    manages its own and is a no-op once done. On a large spool it copies every raw message once,
+    holding the write lock meanwhile (an MTA pipe then answers "try again later", and its MTA
+    does), and needs free disk for a second copy of the spool; the first copy's pages are
+    reused by later mail, and the write-ahead log is truncated after."""
     columns = [row[1] for row in db.execute("PRAGMA table_info(inbound)")]
     if columns[-1] == "raw":
         return
     conn = db.conn
     if conn.in_transaction:
         raise RuntimeError("m008 rebuilds the spool table and must start outside a transaction")
-    log.info("rebuilding the spool table once (its raw bytes move to the end of each row)")
+    log.info("rebuilding the spool table once (its raw bytes move to the end of each row); on a large spool this takes a while and needs free disk for a second copy of it")
     conn.execute("PRAGMA foreign_keys = OFF")
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -353,7 +356,7 @@ def m008_spool_raw_last(db):
             conn.execute("ALTER TABLE inbound_rebuilt RENAME TO inbound")
             for sql in dependents:
                 conn.execute(sql)
-            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            broken = conn.execute("PRAGMA foreign_key_check(messages)").fetchall()  # the one table that refers to the spool
             if broken:
                 raise RuntimeError(f"the spool rebuild would break references: {broken[:5]}")
             conn.execute("COMMIT")
@@ -362,3 +365,4 @@ def m008_spool_raw_last(db):
             raise
     finally:
         conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the copy passed through the log: give its space back

@@ -30,7 +30,8 @@ def spool(
     conversation: int | None = None,
 ) -> tuple[int, bool]:
     """Store one raw message durably. Returns (row id, True if new, False if already spooled).
-    `conversation` (a Telegram chat's id) keeps one conversation's rows with one worker."""
+    `conversation` (a Telegram chat's id, a key of a mail's sender) keeps one conversation's
+    rows with one worker."""
     # SQLite copies a bound value before it writes it: a 28 MB mail was in the receiver's
     # memory twice. A large one is inserted as zeros of its length and written in place.
     large = len(raw) > BLOB_PIECE
@@ -56,8 +57,8 @@ def write_in_pieces(db: sqlite_utils.Database, inbound_id: int, raw: bytes | byt
 
 def pending_ids(db: sqlite_utils.Database, limit: int = 100, lane: tuple[int, int] = (0, 1)) -> list[int]:
     """The oldest pending rows; with `lane` = (k, n), only worker k's share of n workers: all
-    of a conversation's rows fall to one worker, which takes them in order, and rows of no
-    conversation (mail: each letter is read on its own) are spread by id."""
+    of a conversation's rows (a chat's, a mail sender's) fall to one worker, which takes them
+    in order, and rows of no conversation are spread by id."""
     k, n = lane
     if n == 1:
         return [r[0] for r in db.execute("SELECT id FROM inbound WHERE status = 'pending' ORDER BY id LIMIT ?", [limit])]

@@ -296,3 +296,36 @@ def test_a_term_sparse_in_the_first_window_is_read_on_as_far_as_the_index_count_
     # A term too rare for a walk to pay goes to the index.
     assert queue.quick_page(walkable, Filters(status=None, search="请核实"), 50, 0) is None
     assert queue.quick_page(walkable, Filters(status=None, search="absent-word"), 50, 0) is None
+
+
+def test_a_walk_sees_the_store_as_of_one_moment(tmp_path):
+    """The walk reads its chunks in statements of their own. A case queued ahead of it between
+    two chunks (the worker commits while an agent searches) must not shift the next chunk
+    and show a case twice."""
+    from refunddesk.review import queue
+    from refunddesk.store.db import open_db
+
+    db = open_db(tmp_path / "refunddesk.db")
+    for n in range(1200):
+        case_store.save_case(db, Case(id=f"RF-{n + 1:06d}", kind="refund", status="queued", channel="email", contact=f"c{n}@x.test",
+                                      fields={"description": "timeout" if n % 10 == 9 else "other"}, created_at=CREATED,
+                                      review_due_at=CREATED + timedelta(hours=n + 10)), CREATED)
+    worker = open_db(tmp_path / "refunddesk.db")
+    chunks = []
+
+    def between_chunks(sql: str) -> None:
+        if "OFFSET" in sql:
+            chunks.append(sql)
+            if len(chunks) == 2:  # the second chunk is about to be read
+                case_store.save_case(worker, Case(id="RF-900000", kind="refund", status="queued", channel="email", contact="z@x.test",
+                                                  fields={"description": "nothing"}, created_at=CREATED, review_due_at=CREATED), CREATED)
+
+    db.conn.set_trace_callback(between_chunks)
+    try:
+        page = queue.quick_page(db, Filters(search="timeout"), 50, 0)
+    finally:
+        db.conn.set_trace_callback(None)
+    assert len(chunks) >= 2 and page is not None
+    where, params = queue.selection(Filters(search="timeout"))
+    assert page == [r[0] for r in db.execute(f"SELECT c.id FROM cases c {where} ORDER BY {queue.ORDER} LIMIT 50", params)]
+    assert len(set(page)) == 50

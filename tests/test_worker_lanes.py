@@ -47,6 +47,17 @@ def test_lanes_share_out_every_pending_row_once_and_a_conversation_never_splits(
         assert len(holding) == 1, (conversation, holding)
 
 
+def test_one_senders_mail_is_one_conversation_however_it_arrives():
+    from refunddesk.intake.email.parse import mail_conversation
+
+    by_envelope = mail_conversation(b"From: someone-else@x.test\r\n\r\nhi", {"mail_from": "Wei@Customer.test"})
+    by_header = mail_conversation(b"From: =?utf-8?b?546L?= <wei@customer.TEST>\r\nSubject: x\r\n\r\nhi", {})
+    assert by_envelope == by_header and by_envelope is not None and by_envelope >= 0
+    assert mail_conversation(b"Subject: x\r\n\r\nhi", {"mail_from": ""}) is None  # no address: spread by row id
+    assert mail_conversation(b"\xff\xfe garbage", {}) is None
+    assert mail_conversation(b"From: ada@customer.test\r\n\r\n", {}) != by_header
+
+
 def test_worker_processes_is_checked():
     base = {"email": {"refunds_address": "r@x.test", "appeals_address": "a@x.test"}}
     assert validate({**base, "worker": {"processes": 3}}, "t.toml", environ={})["worker.processes"] == 3

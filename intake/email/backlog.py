@@ -39,6 +39,7 @@ from refunddesk.store.clock import utcnow
 from refunddesk.store.db import transaction
 
 from . import authresults
+from .parse import mail_conversation
 
 log = logging.getLogger("refunddesk.import")
 AUTOMATIC_KINDS = ("ack", "dialog", "notice")
@@ -135,7 +136,7 @@ def import_one(desk: Desk, db: sqlite_utils.Database, raw: bytes, delivered: dat
     if no_reply:
         meta["no_reply"] = "backlog import with --no-reply"
     with transaction(db):
-        inbound_id, new = spool.spool(db, "email", key, raw, received_at, meta)
+        inbound_id, new = spool.spool(db, "email", key, raw, received_at, meta, mail_conversation(raw, meta))
         if not new:
             return "already imported"
         (last_outbox,) = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()

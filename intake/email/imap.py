@@ -31,6 +31,7 @@ from refunddesk.store.clock import stamp, utcnow
 from refunddesk.store.db import transaction
 
 from . import authresults
+from .parse import mail_conversation
 
 log = logging.getLogger("refunddesk.imap")
 IDLE_RENEW_SECONDS = 24 * 60   # RFC 2177: servers may drop an IDLE after 29 minutes
@@ -239,7 +240,7 @@ class Poller:
                 continue
             raw, meta["authentication"] = authresults.examine(bytes(raw), self.our_authserv_ids, self.trusted_authserv_id)
             with transaction(db):
-                spool.spool(db, "email", keys[uid], raw, utcnow(), meta)
+                spool.spool(db, "email", keys[uid], raw, utcnow(), meta, mail_conversation(raw, meta))
                 save_watermark(db, self.account, self.folder, uidvalidity, uid)
             spooled.append(uid)
         return spooled

@@ -8,6 +8,7 @@ Nothing a customer writes reaches a header of ours except through `charsets.one_
 from __future__ import annotations
 
 import email
+import email.parser
 import email.policy
 import hashlib
 import re
@@ -230,3 +231,21 @@ def dedup_key(msg: Message, raw: bytes, message_id: str) -> str:
     stable = [line.strip() for line in head.replace(b"\r\n", b"\n").split(b"\n") if line[:1] not in (b" ", b"\t") and line.split(b":", 1)[0].lower() in (b"from", b"to", b"subject", b"date")]
     digest = hashlib.sha256(b"\n".join(sorted(stable)) + b"\n\n" + body_hash.encode()).hexdigest()
     return "sha:" + digest
+
+
+def mail_conversation(raw: bytes, meta: dict[str, Any]) -> int | None:
+    """The spool's conversation key of a mail: its sender's, so that with several workers
+    (worker.processes) one customer's letters are taken by one worker in the order they came
+    ("Amount: 20", then "sorry, 25" must not be applied the other way round). The envelope
+    sender when there is one (the SMTP receiver, the MTA pipe), else the From header; a
+    stable hash, the same in every process. None when neither names an address."""
+    sender = clean_address(meta.get("mail_from") or "")
+    if not sender:
+        try:
+            head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(bytes(raw[:65536]))
+            sender = clean_address(parseaddr(str(head.get("From") or ""))[1])
+        except Exception:  # a key only orders the work: never a reason to refuse a message
+            sender = ""
+    if not sender:
+        return None
+    return int.from_bytes(hashlib.blake2b(sender.encode("utf-8", "surrogateescape"), digest_size=7).digest(), "big")

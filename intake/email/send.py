@@ -92,6 +92,7 @@ class EmailSender:
         self.from_name = from_name
         self.folder = Path(folder)
         self.idle: list[Session] = []  # open sessions no letter is using, the freshest last
+        self.quitting: set[asyncio.Task] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -135,6 +136,9 @@ class EmailSender:
             self.loop = asyncio.get_running_loop()
         while self.idle:
             session = self.idle.pop()
+            if not session.smtp.is_connected:  # the relay closed it while it waited
+                session.smtp.close()
+                continue
             if session.idle_for() <= self.SESSION_IDLE:
                 return session
             try:
@@ -152,7 +156,9 @@ class EmailSender:
 
     def put_back(self, session: "Session") -> None:
         if session.letters >= self.SESSION_LETTERS:
-            asyncio.get_running_loop().create_task(quit_quietly(session.smtp))
+            quitting = asyncio.get_running_loop().create_task(quit_quietly(session.smtp))
+            self.quitting.add(quitting)  # held, or the loop may drop the task before it ran
+            quitting.add_done_callback(self.quitting.discard)
             return
         session.last_used = time.monotonic()
         self.idle.append(session)
@@ -171,6 +177,7 @@ class EmailSender:
 
     async def close(self) -> None:
         await self.close_idle(0)
+        await asyncio.gather(*self.quitting, return_exceptions=True)
 
     def forget_sessions(self) -> None:
         """Sessions of another event loop (one asyncio.run each, as tests and the CLI send)."""

@@ -26,7 +26,7 @@ from refunddesk.store.committer import GroupCommitter
 from refunddesk.store.clock import utcnow
 
 from . import authresults
-from .parse import split_plus
+from .parse import mail_conversation, split_plus
 
 log = logging.getLogger("refunddesk.smtp")
 MAX_RECIPIENTS = 50
@@ -149,7 +149,8 @@ class Spooler:
 
     async def store(self, raw: bytes, meta: dict[str, Any]) -> int:
         transport_id, now = f"smtp:{uuid.uuid4().hex}", utcnow()
-        return await self.committer.write(lambda db: spool.spool(db, "email", transport_id, raw, now, meta)[0], len(raw))
+        conversation = mail_conversation(raw, meta)
+        return await self.committer.write(lambda db: spool.spool(db, "email", transport_id, raw, now, meta, conversation)[0], len(raw))
 
     def close(self) -> None:
         self.committer.close()
