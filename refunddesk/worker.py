@@ -141,10 +141,6 @@ class Worker:
             if self.to_worker is not None:
                 ring(self.to_worker, signal_byte)
 
-    def set(self) -> None:
-        """The senders' doorbell, as the watchers ring it: replies are due (an Event's name)."""
-        self.ring(REPLIES_DUE)
-
     async def supervise(self) -> None:
         """Spooled mail must never wait on a dead worker: a worker that ends by itself (a
         crash in C code, the OOM killer), or could not be started, is logged and started
@@ -219,6 +215,7 @@ class Workers:
 
     def __init__(self, desk: Desk, swept: threading.Event, stopping: threading.Event) -> None:
         count = desk.config["worker.processes"]
+        self.stopping = stopping
         self.lanes = [Worker(desk, swept, stopping, (k, count), self.set, self.start_others if k == 0 else lambda: None) for k in range(count)]
         self.others: list[asyncio.Task] = []
 
@@ -227,7 +224,8 @@ class Workers:
             worker.ring(signal_byte)
 
     def set(self) -> None:
-        """Replies are due: lane 0 sends them."""
+        """The senders' doorbell, as the watchers ring it (an Event's name): replies are due,
+        and lane 0 sends them."""
         self.lanes[0].ring(REPLIES_DUE)
 
     def start(self) -> None:
@@ -235,7 +233,7 @@ class Workers:
 
     def start_others(self) -> None:
         """On the service's loop, when lane 0 reports its sweep done (once)."""
-        if self.others or self.lanes[0].stopping.is_set():  # a sweep that ends as serve stops starts nothing
+        if self.others or self.stopping.is_set():  # a sweep that ends as serve stops starts nothing
             return
         for worker in self.lanes[1:]:
             try:

@@ -209,7 +209,7 @@ def index_count(db: sqlite_utils.Database, term: str) -> int:
     """About how many cases hold the phrase: the larger of the cases and the messages that do.
     A case's description is most often its customer's own words, so the two overlap; their
     sum would count such a case twice and halve the walk's estimate."""
-    phrase = '"' + term.replace('"', '""') + '"'
+    phrase = fts_phrase(term)
     return max(db.execute(f"SELECT count(*) FROM {fts} WHERE {fts} MATCH ?", [phrase]).fetchone()[0] for fts in ("cases_fts", "messages_fts"))
 
 
@@ -297,9 +297,14 @@ def matching_cases(term: str) -> tuple[str, list[str]]:
     return like_match(term)
 
 
+def fts_phrase(term: str) -> str:
+    """The term as one FTS5 phrase: quoted, so no character of it is query syntax."""
+    return '"' + term.replace('"', '""') + '"'
+
+
 def phrase_match(term: str) -> tuple[str, list[str]]:
     """The term as one phrase of the trigram indexes (three characters or more)."""
-    phrase = '"' + term.replace('"', '""') + '"'
+    phrase = fts_phrase(term)
     return (
         "(c.rowid IN (SELECT rowid FROM cases_fts WHERE cases_fts MATCH ?) "
         "OR c.id IN (SELECT m.case_id FROM messages m WHERE m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?) "
@@ -329,7 +334,7 @@ def narrowing_run(term: str) -> str | None:
 def narrowed_match(term: str, narrow: str) -> tuple[str, list[str]]:
     """matching_cases() for a term with a digit run: the run through the index, then the
     whole term (case folded, as the index folds it) in the same columns."""
-    phrase, folded = f'"{narrow}"', term.lower()
+    phrase, folded = fts_phrase(narrow), term.lower()
     return (
         "(c.rowid IN (SELECT x.rowid FROM cases_fts f JOIN cases x ON x.rowid = f.rowid WHERE cases_fts MATCH ? "
         "AND (instr(lower(x.id), ?) OR instr(lower(x.contact), ?) OR instr(lower(x.description), ?))) "

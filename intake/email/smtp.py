@@ -39,9 +39,9 @@ REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
 REPLY_TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 REPLY_BUSY = "451 4.3.2 Too many large messages at once, please try again later"
 REPLY_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
-# Even read into one buffer, a message is in memory twice for a moment (the buffer, and the
-# row SQLite builds from it: store/spool.py). Transfers declared larger than LARGE_MESSAGE (RFC 1870 SIZE, which MTAs send) take
-# turns; small mail never waits.
+# A message being received is held whole in its buffer until it is spooled. Transfers
+# declared larger than LARGE_MESSAGE (RFC 1870 SIZE, which MTAs send) take turns; small mail
+# never waits.
 LARGE_MESSAGE = 1024 * 1024
 LARGE_TRANSFERS = 1
 LARGE_WAIT = 60  # seconds a large transfer may wait for its turn; then 451 and the sender retries
