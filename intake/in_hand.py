@@ -36,15 +36,19 @@ class InHand:
         self.deaths: dict[int, int] = {}
         self.holding: list[int] = []
 
-    def recover(self, db: sqlite_utils.Database, now: datetime) -> list[int]:
-        """At start: count a death for each row the last worker held; the rows made dead letters."""
+    def recover(self, db: sqlite_utils.Database, now: datetime, overdue: int | None = None) -> list[int]:
+        """At start: count a death for each row the last worker held; the rows made dead letters.
+        `overdue`: the last worker was replaced for that message, past its time budget; it is
+        kept as a dead letter by the caller, and its batch's other rows were not at fault."""
         try:
             state = json.loads(self.path.read_text("utf-8") or "{}")
         except (OSError, ValueError):
             state = {}
         self.deaths = {int(k): int(v) for k, v in state.get("deaths", {}).items()}
-        for inbound_id in state.get("holding", []):
-            self.deaths[int(inbound_id)] = self.deaths.get(int(inbound_id), 0) + 1
+        holding = [int(i) for i in state.get("holding", [])]
+        for inbound_id in holding if overdue not in holding else ():
+            self.deaths[inbound_id] = self.deaths.get(inbound_id, 0) + 1
+        self.deaths.pop(overdue, None)
         poisoned = [i for i, n in self.deaths.items() if n >= POISON_DEATHS]
         for inbound_id in poisoned:
             with transaction(db):

@@ -3,7 +3,8 @@ the replies to send, all in one transaction.
 
 Two error tiers (as Zulip's email gateway has): a message we refuse to read (too many parts,
 too deep) gets a polite reply and is kept as a dead letter; an internal error is logged with
-the spool row id, the raw message stays as a dead letter, and the worker carries on.
+the spool row id, the raw message stays as a dead letter, and the worker carries on. A message
+that runs past its time budget (intake/budget.py) is refused in the same way: `took too long`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any
 import sqlite_utils
 
 from refunddesk.desk import Desk
-from refunddesk.intake.email.parse import MailRejected, parse_mail, split_plus
+from refunddesk.intake.budget import NO_BUDGET, NOTICE, REASON, Budget, OverBudget
+from refunddesk.intake.email.parse import MailRejected, first_message_id, parse_mail, split_plus
 from refunddesk.intake.email import loops
 from refunddesk.intake.parsed import Parsed
 from refunddesk.policy import dialog
@@ -53,12 +55,12 @@ def parse(desk: Desk, row: dict[str, Any]) -> Parsed:
     raise ValueError(f"no parser for channel {row['channel']!r}")
 
 
-def process_pending(desk: Desk, db: sqlite_utils.Database, limit: int = 100) -> int:
+def process_pending(desk: Desk, db: sqlite_utils.Database, limit: int = 100, budget: Budget = NO_BUDGET) -> int:
     """Process what is waiting in the spool; returns how many rows were handled."""
     handled = 0
     waiting = spool.pending_ids(db, limit)
     while waiting:
-        done = process_many(desk, db, waiting)
+        done = process_many(desk, db, waiting, budget=budget)
         handled += len(done)
         waiting = waiting[len(done):]
     return handled
@@ -73,6 +75,7 @@ class Prepared:
     files: list[evidence.StoredFile | None] = field(default_factory=list)
     reading: dialog.Reading | None = None  # the dialog's reading of the text, made before the lock
     refused: str | None = None  # why we will not read it (MailRejected)
+    overdue: bool = False  # it ran past its time budget
     failure: Exception | None = None  # our own error: the row becomes a dead letter
 
     @property
@@ -80,12 +83,12 @@ class Prepared:
         return len(self.row.get("raw") or b"")
 
 
-def process(desk: Desk, db: sqlite_utils.Database, inbound_id: int, now: datetime | None = None) -> str:
+def process(desk: Desk, db: sqlite_utils.Database, inbound_id: int, now: datetime | None = None, budget: Budget = NO_BUDGET) -> str:
     """Run one spooled message through the dialog. Returns the row's final status."""
-    return process_many(desk, db, [inbound_id], now)[0]
+    return process_many(desk, db, [inbound_id], now, budget=budget)[0]
 
 
-def process_many(desk: Desk, db: sqlite_utils.Database, inbound_ids: list[int], now: datetime | None = None, max_bytes: int = BATCH_BYTES) -> list[str]:
+def process_many(desk: Desk, db: sqlite_utils.Database, inbound_ids: list[int], now: datetime | None = None, max_bytes: int = BATCH_BYTES, budget: Budget = NO_BUDGET) -> list[str]:
     """Several spooled messages in one write transaction, each in a savepoint of its own;
     their final statuses, in order. Reading, parsing and writing evidence files happen first,
     outside the write lock that the channels wait for. A batch ends after the message that
@@ -93,27 +96,40 @@ def process_many(desk: Desk, db: sqlite_utils.Database, inbound_ids: list[int], 
     of 28 MB mails is still held in memory one at a time.
 
     One transaction per message cost the worker a turn at the write lock and a commit per
-    message: during a Telegram burst ~a quarter of its time (bench/telegram.py, py-spy)."""
+    message: during a Telegram burst ~a quarter of its time (bench/telegram.py, py-spy).
+
+    `budget` is each message's time, spent across its preparation and its settling: one that
+    runs out is stopped there and kept as a dead letter; the others of the batch go on."""
     now = now or utcnow()
+    budget.reset()
     prepared: list[Prepared | str] = []
     size = 0
     for inbound_id in inbound_ids:
-        prepared.append(item := prepare(desk, db, inbound_id))
+        prepared.append(item := prepare(desk, db, inbound_id, budget))
         size += item.size if isinstance(item, Prepared) else 0
         if size > max_bytes:
             break
     if not any(isinstance(item, Prepared) for item in prepared):
         return [str(item) for item in prepared]
     with transaction(db):
-        return [item if isinstance(item, str) else settle(desk, db, item, now) for item in prepared]
+        return [item if isinstance(item, str) else settle(desk, db, item, now, budget) for item in prepared]
 
 
-def prepare(desk: Desk, db: sqlite_utils.Database, inbound_id: int) -> Prepared | str:
+def prepare(desk: Desk, db: sqlite_utils.Database, inbound_id: int, budget: Budget = NO_BUDGET) -> Prepared | str:
     """Load and parse one row, and write its files (content-addressed, so writing one twice is
     harmless; an orphan of a crash is swept at start-up); its status if it is not pending."""
     row = spool.load(db, inbound_id)
     if row["status"] != "pending":
         return row["status"]
+    try:
+        with budget.spend(inbound_id):
+            return read_row(desk, row)
+    except OverBudget:
+        return Prepared(row, overdue=True)
+
+
+def read_row(desk: Desk, row: dict[str, Any]) -> Prepared:
+    inbound_id = row["id"]
     try:
         parsed = parse(desk, row)
         reading = dialog.read(parsed.inbound, parsed.inbound.received_at, desk.policy.timezone)
@@ -131,13 +147,16 @@ def prepare(desk: Desk, db: sqlite_utils.Database, inbound_id: int) -> Prepared 
     return Prepared(row, parsed, files, reading)
 
 
-def settle(desk: Desk, db: sqlite_utils.Database, item: Prepared, now: datetime) -> str:
+def settle(desk: Desk, db: sqlite_utils.Database, item: Prepared, now: datetime, budget: Budget = NO_BUDGET) -> str:
     """Inside the batch's transaction: apply one prepared row, or keep it as a dead letter."""
     inbound_id = item.row["id"]
     if (status := status_now(db, inbound_id)) != "pending":
         return status
+    if item.overdue:
+        return keep_overdue(desk, db, item.row, budget.seconds, now)
     try:
-        with db.atomic():  # a savepoint: a failure undoes this message only
+        # A savepoint: a failure, or the budget running out, undoes this message only.
+        with budget.spend(inbound_id), db.atomic():
             if item.refused is not None:
                 spool.finish(db, inbound_id, "dead", now, error=f"refused: {item.refused}")
                 answer_refused_mail(desk, db, item.row, item.refused, now)
@@ -145,11 +164,44 @@ def settle(desk: Desk, db: sqlite_utils.Database, item: Prepared, now: datetime)
             if item.failure is not None:
                 return keep_as_dead_letter(db, inbound_id, item.failure, now)
             return apply(desk, db, item.row, item.parsed, now, item.files, item.reading)
+    except OverBudget:
+        if not db.conn.in_transaction:
+            raise
+        return keep_overdue(desk, db, item.row, budget.seconds, now)
     except Exception as exc:
         if not db.conn.in_transaction:
             raise  # SQLite ended the batch's transaction itself (a full disk, I/O): all are retried
         log.exception("inbound %s failed in processing; kept as a dead letter", inbound_id)
         return keep_as_dead_letter(db, inbound_id, exc, now)
+
+
+def keep_overdue(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], seconds: float | None, now: datetime) -> str:
+    """A message that ran past its time budget: a dead letter (its raw bytes stay), and the
+    notice refused mail gets. The log names the message, never its content."""
+    inbound_id = row["id"]
+    head = head_of(row) if row["channel"] == "email" else None
+    message_id = first_message_id(loops.header(head, "Message-ID")) if head is not None else ""
+    budget = f"{seconds:g} s" if seconds is not None else "its budget"
+    log.error("inbound %s%s took longer than its budget of %s (worker.message_seconds); stopped and kept as a dead letter: %s",
+              inbound_id, f" (Message-ID {message_id})" if message_id else "", budget, REASON)
+    spool.finish(db, inbound_id, "dead", now, error=f"{REASON}: over {budget} (worker.message_seconds)")
+    try:
+        with db.atomic():
+            answer_refused_mail(desk, db, row, NOTICE, now)
+    except Exception:
+        if not db.conn.in_transaction:
+            raise
+        # Without its notice, but out of the way: else the batch fails, and each pass spends
+        # the whole budget on this message again.
+        log.exception("inbound %s: the notice to its sender could not be written", inbound_id)
+    return "dead"
+
+
+def stop_overdue(desk: Desk, db: sqlite_utils.Database, inbound_id: int, seconds: float | None, now: datetime) -> None:
+    """The message a worker was replaced for, still in hand past its budget (refunddesk/worker.py)."""
+    with transaction(db):
+        if status_now(db, inbound_id) == "pending":
+            keep_overdue(desk, db, spool.load(db, inbound_id), seconds, now)
 
 
 def keep_as_dead_letter(db: sqlite_utils.Database, inbound_id: int, exc: Exception, now: datetime) -> str:
@@ -358,9 +410,7 @@ def answer_refused_mail(desk: Desk, db: sqlite_utils.Database, row: dict[str, An
     """A polite word to the sender of a mail we will not read, unless the sender is a robot."""
     if row["channel"] != "email":
         return
-    # Headers only: the body is what made us refuse the mail (1,000 nested parts would blow the
-    # parser's recursion here, escape process() and keep the mail pending ahead of all others).
-    head = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(row["raw"][:65536], headersonly=True)
+    head = head_of(row)
     sender = parseaddr(loops.header(head, "From"))[1].lower()
     envelope = row["meta"].get("mail_from")
     if not sender or loops.no_reply_reason(head, sender, envelope, desk.addresses.ours()):
@@ -370,3 +420,10 @@ def answer_refused_mail(desk: Desk, db: sqlite_utils.Database, row: dict[str, An
     language = "zh" if re.search(r"[\u4e00-\u9fff]", loops.header(head, "Subject")) else "en"
     subject, body = render("refused", language, {"problem": problem, "policy_name": desk.policy.name, "size_limit": desk.config["email.smtp_intake.max_message_bytes"]})
     outbox.enqueue(db, case_id=None, channel="email", recipient=sender, kind="notice", template="refused", language=language, subject=subject, body=body, now=now, headers={"Message-ID": make_msgid(domain=desk.mail_domain), "From": split_plus(desk.addresses.refunds)[0]})
+
+
+def head_of(row: dict[str, Any]) -> email.message.Message:
+    """A spooled mail's headers only: its body is what made us refuse it (1,000 nested parts
+    would blow the parser's recursion here, escape process() and keep the mail pending ahead of
+    all others), or what took too long."""
+    return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(row["raw"][:65536], headersonly=True)

@@ -120,6 +120,7 @@ def cmd_deliver(args) -> int:
     import os
 
     from refunddesk.intake import pipeline
+    from refunddesk.intake.budget import Budget
     from refunddesk.intake.email.parse import mail_conversation
     from refunddesk.store import spool
     from refunddesk.store.clock import utcnow
@@ -138,7 +139,7 @@ def cmd_deliver(args) -> int:
         # Not stored: tell the MTA to keep the message and try again later.
         print(f"refunddesk: temporary failure, message not stored: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    pipeline.process(desk, db, inbound_id)
+    pipeline.process(desk, db, inbound_id, budget=Budget(desk.config["worker.message_seconds"]))
     row = db.execute("SELECT status, case_id FROM inbound WHERE id = ?", [inbound_id]).fetchone()
     print(row[1] or f"inbound {inbound_id}: {row[0]}")
     return 0
@@ -199,6 +200,7 @@ def cmd_dead_list(args) -> int:
 
 def cmd_dead_retry(args) -> int:
     from refunddesk.intake import pipeline
+    from refunddesk.intake.budget import Budget
     from refunddesk.store import spool
 
     desk = open_desk(args)
@@ -206,7 +208,9 @@ def cmd_dead_retry(args) -> int:
     if not spool.requeue(db, args.id):
         print(f"refunddesk: inbound {args.id} is not a dead letter", file=sys.stderr)
         return 1
-    status = pipeline.process(desk, db, args.id)
+    # The budget of the configuration: a message that took too long needs a larger one (or the
+    # cause fixed) before it is retried, or it is stopped again.
+    status = pipeline.process(desk, db, args.id, budget=Budget(desk.config["worker.message_seconds"]))
     print(f"inbound {args.id}: {status}")
     return 0 if status != "dead" else 1
 

@@ -7,6 +7,7 @@ Secrets are never part of `repr()` or any log line.
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ SCHEMA: dict[str, Key] = {
     "store.path": Key(str, "var/refunddesk.db"),
     "store.files": Key(str, "var/files"),
     "worker.processes": Key(int, 1),
+    "worker.message_seconds": Key((int, float), 30),
     "policy.preset": Key(str, "302ai", choices=("302ai", "ipfixed")),
     "policy.file": Key(str, ""),
     "policy.calendar_overrides": Key(str, ""),
@@ -139,7 +141,8 @@ def validate(raw: dict[str, Any], source: str, environ: dict[str, str] | None = 
             continue
         value = flat[key]
         # bool is an int in Python; a port of `true` is a mistake worth naming.
-        if not isinstance(value, spec.type) or (spec.type is int and isinstance(value, bool)):
+        types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+        if not isinstance(value, spec.type) or (isinstance(value, bool) and bool not in types):
             expected = spec.type.__name__ if isinstance(spec.type, type) else "/".join(t.__name__ for t in spec.type)
             raise ConfigError(f"{source}: key {key!r} must be {expected}, not {type(value).__name__}")
         if spec.choices and value not in spec.choices:
@@ -150,6 +153,10 @@ def validate(raw: dict[str, Any], source: str, environ: dict[str, str] | None = 
             raise ConfigError(f"{source}: key {key!r} must be a plain email address, not {values[key]!r}")
     if not 1 <= values["worker.processes"] <= MAX_WORKERS:
         raise ConfigError(f"{source}: key 'worker.processes' must be from 1 to {MAX_WORKERS}, not {values['worker.processes']}")
+    seconds = values["worker.message_seconds"]
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{source}: key 'worker.message_seconds' must be a number of seconds above 0, not {seconds!r}")
+    values["worker.message_seconds"] = float(seconds)
     if values["telegram.enabled"] and not values["telegram.token"]:
         raise ConfigError(f"{source}: telegram.enabled is true but 'telegram.token' is empty (set it or {env_name('telegram.token')})")
     if values["email.imap.enabled"] and not values["email.imap.username"]:

@@ -16,6 +16,10 @@ those leaves the other blocked for ever. To the worker: "mail spooled", "replies
 worker: "start-up sweep done".
 The worker also asks Linux to kill it with the service (PR_SET_PDEATHSIG): a `kill -9` of
 `serve` leaves no worker behind to race the next one.
+
+Each message has a time budget (`worker.message_seconds`, intake/budget.py): the worker stops
+a message that runs past it itself, and the service replaces a worker that cannot (it is
+still on the message a grace later), telling its replacement which message that was.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from typing import Callable
 
 from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
+from refunddesk.intake.budget import NO_BUDGET, Budget, Mark, OverBudget, Watchdog, grace
 from refunddesk.intake.in_hand import InHand
 from refunddesk.outbound import Outbound
 from refunddesk.store import evidence, spool
@@ -84,6 +89,9 @@ class Worker:
         # of the descriptor and its write, or the byte could land in a file that reused the number.
         self.doorbell_lock = threading.Lock()
         self.restarts = 0
+        self.seconds = desk.config["worker.message_seconds"]
+        self.watchdog: Watchdog | None = None
+        self.overdue: int | None = None  # the message the last worker was replaced for
 
     def start(self) -> None:
         """A fresh interpreter (`python -m refunddesk.worker`), not a fork of this process with
@@ -94,10 +102,14 @@ class Worker:
         # Only until one worker has swept: after that the Telegram bot runs (it waits for the
         # sweep), and its downloads are on disk a moment before their update is spooled.
         sweep = self.lane[0] == 0 and not self.swept.is_set()
-        start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, sweep, self.lane)
+        if self.watchdog is not None:
+            self.watchdog.mark.close()
+        self.watchdog = Watchdog(Mark(), self.seconds)
+        overdue, self.overdue = self.overdue, None
+        start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, sweep, self.lane, self.watchdog.mark.fd, overdue)
         try:
             # -P: the service's working directory must not come first on the worker's import path.
-            self.process = subprocess.Popen([sys.executable, "-P", "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer))
+            self.process = subprocess.Popen([sys.executable, "-P", "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer, self.watchdog.mark.fd))
         except BaseException:
             for fd in (to_reader, to_writer, from_reader, from_writer):
                 os.close(fd)
@@ -144,18 +156,21 @@ class Worker:
     async def supervise(self) -> None:
         """Spooled mail must never wait on a dead worker: a worker that ends by itself (a
         crash in C code, the OOM killer), or could not be started, is logged and started
-        again, with a growing pause."""
+        again, with a growing pause. One replaced for a message past its budget is started
+        again at once: the mail behind that message has waited long enough."""
         while not self.stopping.is_set():
             if self.process is not None:
-                await self.ended()
+                await self.watched()
                 if self.stopping.is_set():
                     return
-                log.error("the worker ended unexpectedly (exit code %s)%s", self.process.returncode, self.which())
-            self.restarts += 1
-            pause = min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2 ** min(self.restarts - 1, 10))
-            log.info("starting the worker again in %.0f s%s", pause, self.which())
+                if self.overdue is None:
+                    log.error("the worker ended unexpectedly (exit code %s)%s", self.process.returncode, self.which())
             self.close_doorbell()
-            await asyncio.to_thread(self.stopping.wait, pause)
+            if self.overdue is None:
+                self.restarts += 1
+                pause = min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2 ** min(self.restarts - 1, 10))
+                log.info("starting the worker again in %.0f s%s", pause, self.which())
+                await asyncio.to_thread(self.stopping.wait, pause)
             if self.stopping.is_set():
                 return
             try:
@@ -163,6 +178,23 @@ class Worker:
             except Exception:
                 log.exception("could not start the worker; trying again")
                 self.process = None
+
+    async def watched(self) -> None:
+        """Until the worker process ends. Meanwhile a message it has held past its budget and
+        grace has it killed (its transaction rolls back); the next worker is told which."""
+        ended = asyncio.ensure_future(self.ended())
+        try:
+            while not ended.done():
+                await asyncio.wait({ended}, timeout=self.watchdog.interval)
+                overdue = None if ended.done() else self.watchdog.overdue()
+                if overdue is not None:
+                    log.error("the worker has held inbound %s for over %g s (worker.message_seconds = %g, and %g s of grace); replacing it%s",
+                              overdue, self.watchdog.limit, self.seconds, grace(self.seconds), self.which())
+                    self.overdue = overdue
+                    self.process.kill()
+                    await ended
+        finally:
+            ended.cancel()
 
     def which(self) -> str:
         """For the log: which of several workers this is (nothing when there is one)."""
@@ -284,7 +316,8 @@ def main() -> None:
     run_worker(*pickle.load(sys.stdin.buffer))
 
 
-def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_level: int, sweep: bool, lane: tuple[int, int] = (0, 1)) -> None:
+def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_level: int, sweep: bool, lane: tuple[int, int] = (0, 1),
+               mark: int | None = None, overdue: int | None = None) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     die_with(parent)
     # Ctrl-C and a service manager's SIGTERM reach the whole process group; the service
@@ -299,10 +332,13 @@ def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_le
     use_writer_turns()
     doorbell = Doorbell(to_worker)
     os.set_blocking(from_worker, False)
-    work(desk, doorbell, lambda signal_byte: ring(from_worker, signal_byte), sweep, lane)
+    budget = Budget(desk.config["worker.message_seconds"], Mark(mark) if mark is not None else None)
+    work(desk, doorbell, lambda signal_byte: ring(from_worker, signal_byte), sweep, lane, budget, overdue)
 
 
-def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep: bool = True, lane: tuple[int, int] = (0, 1)) -> None:
+def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep: bool = True, lane: tuple[int, int] = (0, 1),
+         budget: Budget = NO_BUDGET, overdue: int | None = None) -> None:
+    """`overdue`: the message this lane's last worker was replaced for (past its budget)."""
     db = desk.open_db(durable=False)  # no client waits on these commits (store/db.py)
     outbound = Outbound(desk) if lane[0] == 0 else None  # one sender: one window of deliveries, one order per recipient
     if outbound is not None:
@@ -310,9 +346,11 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
         outbound.start()
     replies_written = outbound.wake if outbound is not None else lambda: notify(REPLIES_DUE)
     in_hand = InHand(desk.db_path, lane[0])
-    in_hand.recover(db, utcnow())
+    in_hand.recover(db, utcnow(), overdue)
+    if overdue is not None:
+        pipeline.stop_overdue(desk, db, overdue, budget.seconds, utcnow())
     if sweep:
-        sweep_orphans(desk, db, in_hand)
+        sweep_orphans(desk, db, in_hand, budget)
         replies_written()  # the sweep answered what an interrupted run left pending
         notify(SWEPT)
     while not doorbell.closed:
@@ -321,10 +359,10 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
             # A few messages a pass, in one transaction (intake/pipeline.process_many), and
             # then their replies go out while the next ones are processed (a pass of 100
             # held every acknowledgement of a backlog until the last was done).
-            handled = process_round(desk, db, in_hand, PASS_ROWS, lane=lane)
+            handled = process_round(desk, db, in_hand, PASS_ROWS, lane=lane, budget=budget)
             if handled:
                 replies_written()
-        except Exception:
+        except (Exception, OverBudget):  # a budget running out where it could not be caught (SQLite ended the transaction)
             log.exception("worker pass failed; retrying")
         doorbell.wait(0 if handled else IDLE_WAIT)
     db.conn.close()
@@ -332,7 +370,7 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
         outbound.stop()
 
 
-def process_round(desk: Desk, db, in_hand: InHand, limit: int, up_to: int | None = None, lane: tuple[int, int] = (0, 1)) -> int:
+def process_round(desk: Desk, db, in_hand: InHand, limit: int, up_to: int | None = None, lane: tuple[int, int] = (0, 1), budget: Budget = NO_BUDGET) -> int:
     """One batch of the spool (this lane's rows; those up to id `up_to`, if given), held in
     hand while it is processed; how many rows were handled."""
     waiting = [i for i in spool.pending_ids(db, limit, lane) if up_to is None or i <= up_to]
@@ -340,12 +378,12 @@ def process_round(desk: Desk, db, in_hand: InHand, limit: int, up_to: int | None
     if not waiting:
         return 0
     in_hand.hold(waiting)
-    handled = len(pipeline.process_many(desk, db, waiting))
+    handled = len(pipeline.process_many(desk, db, waiting, budget=budget))
     in_hand.release()
     return handled
 
 
-def sweep_orphans(desk: Desk, db, in_hand: InHand) -> None:
+def sweep_orphans(desk: Desk, db, in_hand: InHand, budget: Budget = NO_BUDGET) -> None:
     """Delete evidence files no case refers to, left by a run that was cut off."""
     # Telegram files are written before their update is spooled, and become evidence rows
     # only when processed: finish what is pending before the sweep, or it deletes them.
@@ -353,7 +391,7 @@ def sweep_orphans(desk: Desk, db, in_hand: InHand) -> None:
         # What was pending at the start only: mail spooled meanwhile has no files yet, and a
         # burst arriving now must not hold the sweep (and the Telegram bot waiting on it) back.
         (last,) = db.execute("SELECT coalesce(max(id), 0) FROM inbound WHERE status = 'pending'").fetchone()
-        while process_round(desk, db, in_hand, PASS_ROWS, last):
+        while process_round(desk, db, in_hand, PASS_ROWS, last, budget=budget):
             pass
         removed = evidence.remove_orphans(db, desk.files)
         if removed:

@@ -10,7 +10,7 @@ from refunddesk.config import ConfigError, load, validate
 REPO = Path(__file__).resolve().parents[1]
 
 PUBLIC_KEYS = [
-    "store.path", "store.files", "policy.preset", "policy.file",
+    "store.path", "store.files", "worker.processes", "worker.message_seconds", "policy.preset", "policy.file",
     "email.refunds_address", "email.appeals_address",
     "email.smtp_intake.enabled", "email.smtp_intake.host", "email.smtp_intake.port", "email.smtp_intake.max_message_bytes",
     "email.imap.enabled", "email.imap.host", "email.imap.port", "email.imap.tls", "email.imap.username",
@@ -66,3 +66,30 @@ def test_config_file_is_chosen_by_environment_variable(tmp_path):
 def test_missing_file_says_how_to_create_one(tmp_path):
     with pytest.raises(ConfigError, match="refunddesk init"):
         load(tmp_path / "nope.toml", environ={})
+
+
+MINIMAL = {"email": {"refunds_address": "r@x.test", "appeals_address": "a@x.test"}}
+
+
+def test_a_message_has_thirty_seconds_by_default_and_fractions_are_allowed():
+    assert validate(MINIMAL, "test.toml", environ={})["worker.message_seconds"] == 30.0
+    for given, seconds in ((0.5, 0.5), (120, 120.0)):
+        config = validate({**MINIMAL, "worker": {"message_seconds": given}}, "test.toml", environ={})
+        assert config["worker.message_seconds"] == seconds and isinstance(config["worker.message_seconds"], float)
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (0, "above 0, not 0"),
+        (-1.5, "above 0, not -1.5"),
+        (float("nan"), "above 0, not nan"),
+        (float("inf"), "above 0, not inf"),
+        (True, "must be int/float, not bool"),
+        ("30", "must be int/float, not str"),
+    ],
+)
+def test_a_message_budget_that_is_not_a_positive_number_of_seconds_is_named(given, message):
+    with pytest.raises(ConfigError) as error:
+        validate({**MINIMAL, "worker": {"message_seconds": given}}, "test.toml", environ={})
+    assert "'worker.message_seconds'" in str(error.value) and message in str(error.value)
