@@ -7,8 +7,10 @@ rows' ids to `<store>-inhand`, and empties it after. A worker that starts and fi
 there knows its predecessor died holding them: each counts a death, rows that have died
 with a worker are then processed one at a time (so an innocent neighbour of a bad message
 clears itself), and a row that has taken POISON_DEATHS workers with it becomes a dead letter
-for agents, its raw bytes kept. No fsync: this guards against a process dying, not the
-machine (after a power cut the file may be empty, and the count starts again).
+for agents, its raw bytes kept. A worker the service replaced for a message past its time
+budget (intake/budget.py) died for that message alone: its batch's other rows are not counted.
+No fsync: this guards against a process dying, not the machine (after a power cut the file may
+be empty, and the count starts again).
 """
 from __future__ import annotations
 

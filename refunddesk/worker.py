@@ -348,7 +348,11 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
     in_hand = InHand(desk.db_path, lane[0])
     in_hand.recover(db, utcnow(), overdue)
     if overdue is not None:
-        pipeline.stop_overdue(desk, db, overdue, budget.seconds, utcnow())
+        try:
+            pipeline.stop_overdue(desk, db, overdue, budget.seconds, utcnow())
+            replies_written()  # its notice
+        except Exception:
+            log.exception("inbound %s: could not keep it as a dead letter; it is processed again", overdue)
     if sweep:
         sweep_orphans(desk, db, in_hand, budget)
         replies_written()  # the sweep answered what an interrupted run left pending
