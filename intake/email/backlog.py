@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
+from refunddesk.intake.budget import NO_BUDGET, Budget
 from refunddesk.policy import rules
 from refunddesk.policy.context import Context
 from refunddesk.policy.deadlines import window_deadline
@@ -68,11 +69,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"refunddesk: {path}: not an mbox file or a Maildir: {exc}", file=sys.stderr)
         return 1
     counts: Counter[str] = Counter()
+    budget = Budget(desk.config["worker.message_seconds"])  # one slow mail must not stall the import
     try:
         keys = list(source.keys())
         for key in tqdm(keys, desc="importing", unit="mail", file=sys.stderr, disable=None):
             raw, arrived = read_message(source, key)
-            counts[import_one(desk, db, raw, arrived, str(path), no_reply=args.no_reply)] += 1
+            counts[import_one(desk, db, raw, arrived, str(path), no_reply=args.no_reply, budget=budget)] += 1
     finally:
         source.close()
         db.conn.close()
@@ -125,7 +127,7 @@ def arrival_time(raw: bytes, delivered: datetime | None, now: datetime) -> datet
     return now
 
 
-def import_one(desk: Desk, db: sqlite_utils.Database, raw: bytes, delivered: datetime | None, source: str, *, no_reply: bool) -> str:
+def import_one(desk: Desk, db: sqlite_utils.Database, raw: bytes, delivered: datetime | None, source: str, *, no_reply: bool, budget: Budget = NO_BUDGET) -> str:
     """Spool and process one message; returns what became of it (for the summary)."""
     now = utcnow()
     received_at = arrival_time(raw, delivered, now)
@@ -140,7 +142,7 @@ def import_one(desk: Desk, db: sqlite_utils.Database, raw: bytes, delivered: dat
         if not new:
             return "already imported"
         (last_outbox,) = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()
-        status = pipeline.process(desk, db, inbound_id, now)
+        status = pipeline.process(desk, db, inbound_id, now, budget=budget)
         row = spool.load(db, inbound_id)
         case = case_store.load_case(db, row["case_id"]) if row["case_id"] else None
         if no_reply:
