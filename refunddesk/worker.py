@@ -104,16 +104,19 @@ class Worker:
         sweep = self.lane[0] == 0 and not self.swept.is_set()
         if self.watchdog is not None:
             self.watchdog.mark.close()
-        self.watchdog = Watchdog(Mark(), self.seconds)
+            self.watchdog = None
+        mark = Mark()
         overdue, self.overdue = self.overdue, None
-        start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, sweep, self.lane, self.watchdog.mark.fd, overdue)
+        start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, sweep, self.lane, mark.fd, overdue)
         try:
             # -P: the service's working directory must not come first on the worker's import path.
-            self.process = subprocess.Popen([sys.executable, "-P", "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer, self.watchdog.mark.fd))
+            self.process = subprocess.Popen([sys.executable, "-P", "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer, mark.fd))
         except BaseException:
             for fd in (to_reader, to_writer, from_reader, from_writer):
                 os.close(fd)
+            mark.close()
             raise
+        self.watchdog = Watchdog(mark, self.seconds, self.process.pid)
         try:
             self.process.stdin.write(pickle.dumps(start))
             self.process.stdin.close()
@@ -188,8 +191,8 @@ class Worker:
                 await asyncio.wait({ended}, timeout=self.watchdog.interval)
                 overdue = None if ended.done() else self.watchdog.overdue()
                 if overdue is not None:
-                    log.error("the worker has held inbound %s for over %g s (worker.message_seconds = %g, and %g s of grace); replacing it%s",
-                              overdue, self.watchdog.limit, self.seconds, grace(self.seconds), self.which())
+                    log.error("the worker has spent over %g s on inbound %s (worker.message_seconds = %g, and %g s of grace) and cannot stop it; replacing it%s",
+                              self.watchdog.limit, overdue, self.seconds, grace(self.seconds), self.which())
                     self.overdue = overdue
                     self.process.kill()
                     await ended

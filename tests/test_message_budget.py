@@ -1,9 +1,10 @@
 """Issue 13, part 1: every message has a time budget in the worker (`worker.message_seconds`).
 
 The slow message is genuinely costly, with no hook in the product: a mail whose attachment is
-written in 4,000,000 base64 lines of four characters (24 MB) takes ~3 s to parse on this
-project's 2-core machine when it is idle (2,000,000 lines: ~1.4 s), so a budget of half a second
-stops it wherever the machine's load puts it, and the default of 30 s lets it through. Through
+written in 4,000,000 base64 lines of four characters (24 MB) costs the worker ~2.3 s of CPU on
+this project's 2-core machine (2,000,000 lines: ~1.4 s in-process), so a budget of half a second
+stops it, and the default of 30 s lets it through. The budget counts CPU time, so however busy
+the machine is, an ordinary message (~5 ms) is never stopped. Through
 the real `refunddesk serve`, real SMTP in and a recording relay out; the store is read as an
 agent's `refunddesk deadletters list` would. Waits have deadlines, and no assertion is about
 how fast the machine is.
@@ -11,15 +12,12 @@ how fast the machine is.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import struct
 import uuid
 
 from conftest import run_cli, wait_for, write_config
 from mail_fixtures import REFUNDS, MailDesk, desk_from, letter, mail_settings, relay  # noqa: F401 (fixture)
 from refunddesk.intake import pipeline
-from refunddesk.intake.budget import RECORD, Budget
+from refunddesk.intake.budget import Budget
 from refunddesk.intake.email.parse import mail_conversation
 from refunddesk.store import spool
 from refunddesk.store.clock import utcnow
@@ -28,6 +26,10 @@ from test_worker_process import alive, worker_of
 REQUEST = "The API froze and I was charged 12.50 USD on 2026-11-20 10:00, account acme-7.\n"
 BUDGET = 0.5
 NOTICE_SUBJECT = "We could not read your message"
+# The worker runs at the lowest CPU priority: on a machine busy with other work it gets a few
+# per cent of a core, and even the half second of CPU the slow mail costs before it is stopped
+# then takes a minute. A deadline, not an expectation.
+WAIT = 180
 
 
 def costly(sender: str, lines: int = 4_000_000, headers: str = "") -> bytes:
@@ -67,6 +69,9 @@ def test_in_a_batch_only_the_message_over_its_budget_is_stopped_and_it_is_answer
     robot = costly("robot@customer.test", lines=2_000_000, headers="Auto-Submitted: auto-replied\r\n")
     raws = [letter("first@customer.test", "Refund", REQUEST), slow, letter("middle@customer.test", "Refund", REQUEST), robot, letter("last@customer.test", "Refund", REQUEST)]
     ids = [spool.spool(db, "email", f"test:{n}", raw, utcnow(), {"mail_from": raw.split(b"From: ", 1)[1].split(b"\r\n", 1)[0].decode()})[0] for n, raw in enumerate(raws)]
+    # As in a running worker, the first message has warmed the reader and the templates up (~60 ms).
+    warm, _ = spool.spool(db, "email", "test:warm", letter("warm@customer.test", "Refund", REQUEST), utcnow(), {"mail_from": "warm@customer.test"})
+    assert pipeline.process(desk, db, warm) == "done"
 
     statuses = pipeline.process_many(desk, db, ids, max_bytes=len(slow) * 4, budget=Budget(0.2))
 
@@ -76,10 +81,10 @@ def test_in_a_batch_only_the_message_over_its_budget_is_stopped_and_it_is_answer
         assert rows[inbound_id]["error"].startswith("took too long")
         assert rows[inbound_id]["raw"] == raw  # kept for the agent and for a retry
     contacts = sorted(c for (c,) in db.execute("SELECT contact FROM cases"))
-    assert contacts == ["first@customer.test", "last@customer.test", "middle@customer.test"]
+    assert contacts == ["first@customer.test", "last@customer.test", "middle@customer.test", "warm@customer.test"]
     letters = sorted(tuple(r) for r in db.execute("SELECT recipient, template FROM outbox"))
     # The slow customer gets refused mail's notice; the auto-reply gets nothing (loop protection).
-    assert letters == [("first@customer.test", "ack"), ("last@customer.test", "ack"), ("middle@customer.test", "ack"), ("slow@customer.test", "refused")]
+    assert letters == [("first@customer.test", "ack"), ("last@customer.test", "ack"), ("middle@customer.test", "ack"), ("slow@customer.test", "refused"), ("warm@customer.test", "ack")]
     (body,) = db.execute("SELECT body FROM outbox WHERE recipient = 'slow@customer.test'").fetchone()
     assert "took too long" in body
 
@@ -97,7 +102,7 @@ def test_the_mta_pipe_keeps_the_budget_too(tmp_path):
     settings = mail_settings(tmp_path, **{"worker.message_seconds": BUDGET})
     desk, config = desk_from(tmp_path, settings)
     slow = costly("piped@customer.test")
-    delivered = run_cli(config, "deliver", "--sender", "piped@customer.test", "--recipient", REFUNDS, stdin=slow, timeout=120)
+    delivered = run_cli(config, "deliver", "--sender", "piped@customer.test", "--recipient", REFUNDS, stdin=slow, timeout=WAIT)
     assert delivered.returncode == 0, delivered.stderr  # kept: the MTA must not bounce or retry it
     inbound_id = int(delivered.stdout.decode().split()[1].rstrip(":"))
     assert delivered.stdout.decode().strip() == f"inbound {inbound_id}: dead"
@@ -117,9 +122,9 @@ def test_a_slow_message_is_stopped_kept_and_noticed_the_next_is_answered_and_a_r
     try:
         assert served.send(slow, slow_customer) == {}
         assert served.send(letter(next_customer, "Refund", REQUEST), next_customer) == {}
-        (ack,) = relay.wait_for(next_customer, timeout=60)  # not after the slow one: it was stopped
+        (ack,) = relay.wait_for(next_customer, timeout=WAIT)  # not after the slow one: it was stopped
         assert "[RF-" in ack["Subject"]
-        (notice,) = relay.wait_for(slow_customer, timeout=60)
+        (notice,) = relay.wait_for(slow_customer, timeout=WAIT)
         assert notice["Subject"] == NOTICE_SUBJECT
         assert "took too long" in notice.get_content()
         assert notice["Auto-Submitted"] == "auto-replied"
@@ -140,13 +145,13 @@ def test_a_slow_message_is_stopped_kept_and_noticed_the_next_is_answered_and_a_r
         served.served.stop()
         write_config(served.config, {k: v for k, v in settings.items() if k != "worker.message_seconds"})
         served.served.start(wait_ports=(served.smtp_port,))
-        retried = run_cli(served.config, "deadletters", "retry", str(dead["id"]), timeout=120)
+        retried = run_cli(served.config, "deadletters", "retry", str(dead["id"]), timeout=WAIT)
         assert retried.returncode == 0, retried.stderr
         assert retried.stdout.decode().strip() == f"inbound {dead['id']}: done"
         (case,) = served.cases_of(slow_customer)
         assert case.fields["amount"] == "12.50" and len(case.attachments) == 1
         assert dead_letters(served.config) == {}
-        _, ack = relay.wait_for(slow_customer, count=2, timeout=30)
+        _, ack = relay.wait_for(slow_customer, count=2, timeout=WAIT)
         assert f"[{case.id}]" in ack["Subject"]
     finally:
         served.stop()
@@ -174,9 +179,9 @@ def test_each_worker_lane_stops_its_own_slow_message(tmp_path, relay):
         for lane in (0, 1):
             served.send(letter(after[lane], "Refund", REQUEST), after[lane])
         for lane in (0, 1):
-            (ack,) = relay.wait_for(after[lane], timeout=60)
+            (ack,) = relay.wait_for(after[lane], timeout=WAIT)
             assert "[RF-" in ack["Subject"]
-            (notice,) = relay.wait_for(slow[lane], timeout=60)
+            (notice,) = relay.wait_for(slow[lane], timeout=WAIT)
             assert notice["Subject"] == NOTICE_SUBJECT
             row = row_of(served, raws[lane])
             assert row["status"] == "dead" and row["error"].startswith("took too long") and row["raw"] == raws[lane]
@@ -185,49 +190,37 @@ def test_each_worker_lane_stops_its_own_slow_message(tmp_path, relay):
         served.stop()
 
 
-def marked(pid: int) -> tuple[int, int] | None:
-    """The worker's mark (intake/budget.py), read from its shared memory as the service reads it:
-    (span count, spool id); None if it is not there (yet)."""
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:refunddesk-mark"):
-                with open(f"/proc/{pid}/fd/{fd}", "rb") as handle:
-                    return RECORD.unpack(handle.read(RECORD.size))
-    except (OSError, struct.error):
-        return None
-    return None
-
-
-def test_a_worker_that_cannot_be_interrupted_is_replaced_and_its_batch_goes_on(tmp_path, relay):
-    """A worker that does not stop the message itself (here: stopped by SIGSTOP, as a call into C
-    code that never returns to Python would keep it) is killed by the service a grace after the
-    budget; its replacement keeps that message as a dead letter, processes the rest of its batch
-    (rolled back with the killed worker) without counting it against, and starts at once."""
+def test_a_message_the_alarm_cannot_interrupt_has_its_worker_replaced_and_its_batch_goes_on(tmp_path, relay):
+    """HTML nested 60,000 deep: nh3's sanitizer (Rust, one call) needs ~7 s for it here and never
+    returns to Python meanwhile, so the worker's own alarm cannot stop it. The service kills the
+    worker a grace after the budget; its replacement keeps that message as a dead letter,
+    processes the rest of its batch (rolled back with the killed worker) without counting it
+    against, and starts at once. (Should the sanitizer ever be bounded, this test needs another
+    call into C code that runs on.)"""
     settings = mail_settings(tmp_path, relay, **{"worker.message_seconds": 2})
-    desk, config = desk_from(tmp_path, settings)
+    desk, _ = desk_from(tmp_path, settings)
     db = desk.open_db()
     mate_customer, stuck_customer, next_customer = "mate@customer.test", "stuck@customer.test", "next@customer.test"
-    mate, stuck = letter(mate_customer, "Refund", REQUEST), costly(stuck_customer)
+    depth = 60_000
+    mate, stuck = letter(mate_customer, "Refund", REQUEST), letter(stuck_customer, "Refund", REQUEST, html="<div>" * depth + "x" + "</div>" * depth)
     # Spooled before serve starts: the first batch is these two (the second brings it past its size).
     mate_id, _ = spool.spool(db, "email", "test:mate", mate, utcnow(), {"mail_from": mate_customer})
     stuck_id, _ = spool.spool(db, "email", "test:stuck", stuck, utcnow(), {"mail_from": stuck_customer})
     served = MailDesk(tmp_path, settings).start()
     try:
         first = worker_of(served.served)
-        wait_for(lambda: (m := marked(first)) and m[0] % 2 == 1 and m[1] == stuck_id, 30, interval=0.001, message="the worker on the costly message")
-        os.kill(first, signal.SIGSTOP)
-        wait_for(lambda: not alive(first), 30, message="the service to kill the stuck worker")
-        (notice,) = relay.wait_for(stuck_customer, timeout=60)
+        (notice,) = relay.wait_for(stuck_customer, timeout=WAIT)
         assert notice["Subject"] == NOTICE_SUBJECT
-        relay.wait_for(mate_customer, timeout=60)
+        relay.wait_for(mate_customer, timeout=WAIT)
+        assert not alive(first) and worker_of(served.served) != first
         served.send(letter(next_customer, "Refund", REQUEST), next_customer)
-        relay.wait_for(next_customer, timeout=60)
+        relay.wait_for(next_customer, timeout=WAIT)
         statuses = dict(db.execute("SELECT id, status FROM inbound WHERE id IN (?, ?)", [mate_id, stuck_id]).fetchall())
         assert statuses == {mate_id: "done", stuck_id: "dead"}
-        (error, raw), = db.execute("SELECT error, raw FROM inbound WHERE id = ?", [stuck_id]).fetchall()
+        ((error, raw),) = db.execute("SELECT error, raw FROM inbound WHERE id = ?", [stuck_id]).fetchall()
         assert error.startswith("took too long") and raw == stuck
         log = served.served.output()
-        assert f"the worker has held inbound {stuck_id} for over 3 s" in log
+        assert f"the worker has spent over 3 s on inbound {stuck_id}" in log
         assert "starting the worker again in" not in log and "ended unexpectedly" not in log
         assert f"inbound {stuck_id} (Message-ID {message_id(stuck)}) took longer than its budget of 2 s" in log
         in_hand = json.loads((tmp_path / "refunddesk.db-inhand").read_text())
