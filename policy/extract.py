@@ -435,6 +435,26 @@ def _plain(number: Decimal) -> str:
     return format(number, "f")
 
 
+@dataclass(frozen=True)
+class FieldReading:
+    """SHIM until the linear branch lands: fields, and the values chosen between."""
+
+    fields: dict[str, str]
+    candidates: dict[str, tuple[str, ...]]
+
+
+def read_all(text: str, now: datetime, tz: tzinfo) -> FieldReading:
+    fields = read_fields(text, now, tz)
+    candidates: dict[str, tuple[str, ...]] = {}
+    prepared = _prepare(text)
+    if "amount" in fields:
+        amounts = {_plain(m.money.amount) for m in find_amounts(_money_text(prepared.free))}
+        others = sorted(a for a in amounts if Decimal(a) != Decimal(fields["amount"]))
+        if others:
+            candidates["amount"] = (fields["amount"], *others)
+    return FieldReading(fields, candidates)
+
+
 def read_fields(text: str, now: datetime, tz: tzinfo) -> dict[str, str]:
     """Every field the text makes certain, as strings (see FIELD_NAMES); absent otherwise."""
     fields: dict[str, str] = {}
