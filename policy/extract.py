@@ -6,7 +6,7 @@ field certain (two amounts and nothing says which was charged) they return None 
 dialog asks. A labelled line ("Amount: $12.50", "金额：100元") wins over free text.
 
 Every reader first prepares the text the same way:
-  1. full-width digits and signs become ASCII (one character for one, positions stay);
+  1. normalised (policy/text.py): full-width forms folded, whitespace runs collapsed, capped;
   2. quoted earlier letters are cut ("> ..." lines, "On ... wrote:", "在 ... 写道：", "发件人:");
   3. distractors are blanked with spaces: order and request IDs, phone numbers, e-mail
      addresses, versions, error codes, model names, token and call counts.
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from decimal import Decimal
 
+from .text import OWN_WORDS_LIMIT, normalize
 from .extract_money import Money, choose_amount, find_amounts, to_decimal
 from .extract_time import (Moment, choose_moment, cn_number, find_moments, find_outage_hours,
                            find_time_spans, parse_answer_moment)
@@ -31,13 +32,6 @@ FIELD_NAMES = frozenset({"amount", "currency", "incident_at", "incident_date_onl
                          "purchase_at", "quota_used_pct", "outage_hours", "case_ref", "description"})
 
 # ---------------------------------------------------------------- preparing the text
-
-_FULL_WIDTH = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)},
-                             **{chr(0xFF21 + i): chr(0x41 + i) for i in range(26)},
-                             **{chr(0xFF41 + i): chr(0x61 + i) for i in range(26)},
-                             "￥": "¥", "＄": "$", "％": "%", "．": ".", "／": "/", "－": "-",
-                             "＞": ">", "＃": "#", "＠": "@", "\u3000": " ", "\u00a0": " ",
-                             "\r": "\n"})
 
 # Where a quoted earlier letter starts, in the wordings of Gmail, Outlook, Apple Mail, QQ Mail,
 # NetEase and Foxmail (intake/email/quoting.py knows the same ones; policy/ may not import it).
@@ -55,7 +49,7 @@ _REPLY_HEADER = re.compile(
 
 
 def _normalize(text: str) -> str:
-    return text.replace("\r\n", "\n").translate(_FULL_WIDTH)
+    return normalize(text)
 
 
 def strip_quoted(text: str) -> str:
@@ -64,7 +58,8 @@ def strip_quoted(text: str) -> str:
     header = _REPLY_HEADER.search(text)
     if header:
         text = text[:header.start()]
-    return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
+    own = "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
+    return own[:OWN_WORDS_LIMIT]
 
 
 def _quoted_part(text: str) -> str:
@@ -77,7 +72,7 @@ def _quoted_part(text: str) -> str:
 _CURRENCY_AHEAD = r"(?![A-Za-z0-9_-])(?!\s*(?:元|块|美元|美金|刀|usd|rmb|cny|dollars?|yuan|eur|€|\$))"
 _DISTRACTORS = [re.compile(p, re.IGNORECASE) for p in (
     r"https?://\S+|www\.\S+",
-    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
+    r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}",
     # Model names carry digits: gpt-4o-mini, claude-3.5-sonnet, Claude 3.5, qwen2.5-72b, o1-preview.
     r"(?<![A-Za-z0-9])(?:chatgpt|gpt|claude|gemini|llama|qwen|deepseek|chatglm|glm|mistral|mixtral|"
     r"ernie|doubao|kimi|moonshot|baichuan|o[134]|dall-e|whisper|text-embedding|midjourney|sdxl|"
@@ -395,14 +390,14 @@ def _answer_percent(answer: str) -> set[Decimal]:
     return {number} if number is not None and number <= 100 else set()
 
 
-_BARE_NUMBER = re.compile(r"\s*(?:about|around|approx\.?|roughly|大概|大约|约)?\s*"
-                          r"([0-9]{1,4}(?:\.[0-9]+)?)\s*[.。]?\s*",
+_BARE_NUMBER = re.compile(r"(?:(?:about|around|approx\.?|roughly|大概|大约|约)\s{0,3})?"
+                          r"([0-9]{1,4}(?:\.[0-9]{1,8})?)\s{0,3}[.。]?",
                           re.IGNORECASE)
 
 
 def _bare_number(answer: str) -> Decimal | None:
     """An answer that is only a number ("36", "about 30"): its unit is the question's."""
-    m = _BARE_NUMBER.fullmatch(answer)
+    m = _BARE_NUMBER.fullmatch(answer.strip())
     return Decimal(m.group(1)) if m else None
 
 
