@@ -23,7 +23,10 @@ FULL_WIDTH = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)},
                             "￥": "¥", "＄": "$", "％": "%", "．": ".", "／": "/", "－": "-",
                             "＞": ">", "＃": "#", "＠": "@"})
 
-_SPACES = re.compile(r"[^\S\n]+")  # any whitespace but a line break: tabs, NBSP, U+3000, U+2009...
+# These passes read the whole text, before the cap. Each is one character class, repeated, so
+# Python's engine cannot backtrack in it. (RE2's Python binding substitutes ~75 times slower
+# per match: measured 3.4 s against 45 ms on a megabyte of blank lines.)
+_SPACES = re.compile(r"[^\S\n]+")  # every whitespace but the line break: tabs, NBSP, U+3000...
 _LINE_EDGES = re.compile(r" ?\n ?")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
