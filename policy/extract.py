@@ -28,7 +28,8 @@ from .extract_time import (Moment, choose_moment, cn_number, find_moments, find_
 
 __all__ = ["Money", "Moment", "FIELD_NAMES", "read_money", "read_moment", "read_account_id",
            "read_percent", "read_hours", "read_labelled", "read_fields", "detect_language",
-           "read_purchase_moment", "read_case_ref", "strip_quoted", "mask_distractors"]
+           "read_purchase_moment", "read_case_ref", "strip_quoted", "mask_distractors", "read_all",
+           "FieldReading"]
 
 FIELD_NAMES = frozenset({"amount", "currency", "incident_at", "incident_date_only", "account_id",
                          "purchase_at", "quota_used_pct", "outage_hours", "case_ref", "description"})
@@ -438,7 +439,9 @@ def _plain(number: Decimal) -> str:
 
 @dataclass(frozen=True)
 class FieldReading:
-    """SHIM until the linear branch lands: fields, and the values chosen between."""
+    """Every field the text makes certain (read_fields), and where the reader chose between
+    several values of the customer's free text, all of them, the chosen one first: amounts as
+    plain decimals, moments in ISO form (a date only as its date)."""
 
     fields: dict[str, str]
     candidates: dict[str, tuple[str, ...]]
@@ -446,13 +449,21 @@ class FieldReading:
 
 def read_all(text: str, now: datetime, tz: tzinfo) -> FieldReading:
     fields = read_fields(text, now, tz)
-    candidates: dict[str, tuple[str, ...]] = {}
     prepared = _prepare(text)
-    if "amount" in fields:
-        amounts = {_plain(m.money.amount) for m in find_amounts(_money_text(prepared.free))}
-        others = sorted(a for a in amounts if Decimal(a) != Decimal(fields["amount"]))
+    candidates: dict[str, tuple[str, ...]] = {}
+    if "amount" in fields and "amount" not in prepared.labels:
+        chosen = Decimal(fields["amount"])
+        others = {m.money.amount for m in find_amounts(_money_text(prepared.free))} - {chosen}
         if others:
-            candidates["amount"] = (fields["amount"], *others)
+            candidates["amount"] = (fields["amount"], *(_plain(a) for a in sorted(others)))
+    if "incident_at" in fields and "incident_at" not in prepared.labels:
+        chosen_at = datetime.fromisoformat(fields["incident_at"])
+        # A purchase date is its own field, and a date-only mention of the chosen day agrees with it.
+        others_at = {m.moment for m in find_moments(prepared.free, now, tz) if m.role != "purchase"
+                     and m.moment.at != chosen_at and not (m.moment.date_only and m.moment.at.date() == chosen_at.date())}
+        if others_at:
+            shown = sorted({m.at.date().isoformat() if m.date_only else m.at.isoformat() for m in others_at})
+            candidates["incident_at"] = (fields["incident_at"], *shown)
     return FieldReading(fields, candidates)
 
 

@@ -206,3 +206,14 @@ def test_a_single_amount_is_no_choice_and_a_labelled_correction_drops_the_choice
     assert corrected.case.dialog["read_choices"] == {}
     (reply,) = corrected.replies
     assert reply.context["read_choices"] == {}
+
+
+def test_where_the_reader_chose_a_date_the_letter_names_the_other_date():
+    result = first(mail("I was charged $5 twice on Nov 14 at 3pm. I submitted a ticket on Nov 16 and got no answer."))
+    assert result.case.fields["incident_at"] == "2026-11-14T15:00:00+08:00"
+    assert result.case.dialog["read_choices"]["incident_at"] == {"value": "2026-11-14T15:00:00+08:00", "others": ["2026-11-16"]}
+    (reply,) = result.replies
+    context = {**reply.context, "style": "letter", "channel": "email"}
+    context["letter"] = context
+    _, body = render(reply.template, "en", context)
+    assert "(Your message also mentions 2026-11-16; we took 2026-11-14 15:00." in body
