@@ -20,7 +20,7 @@ from .model import DECIDED_STATUSES, OPEN_STATUSES, Case, Finding, InboundMessag
 from .preset import PolicyVersion
 from .rules import deadlines_of, evaluate, missing_items
 from .deadlines import review_due
-from .extract import detect_language, read_fields, read_labelled
+from .extract import detect_language, read_all, read_labelled
 from .form import read_form
 
 CHAT_CHANNELS = ("telegram",)
@@ -40,6 +40,9 @@ class Reading:
     found: dict[str, str] = field(default_factory=dict)
     labelled: frozenset[str] = frozenset()
     form: dict[str, str] = field(default_factory=dict)
+    # Per field found in free text where the reader chose among several values: all of them,
+    # the chosen one first ("$1,050 total, so you owe me $700": 700, 1050).
+    candidates: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def read(inbound: InboundMessage, now: datetime, tz: tzinfo) -> Reading:
@@ -49,7 +52,8 @@ def read(inbound: InboundMessage, now: datetime, tz: tzinfo) -> Reading:
     text = inbound.text or ""
     if not text.strip():
         return Reading()
-    return Reading(read_fields(text, now, tz), frozenset(read_labelled(text)), read_form(text))
+    fields = read_all(text, now, tz)
+    return Reading(fields.fields, frozenset(read_labelled(text)), read_form(text), fields.candidates)
 
 
 def style_of(channel: str) -> str:
@@ -94,6 +98,9 @@ def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context, readi
         events.append(("field_set", {"field": name, "value": case.fields[name]}))
     for name in sorted(k for k in before if k in case.fields and before[k] != case.fields[k]):
         events.append(("field_changed", {"field": name, "from": before[name], "to": case.fields[name]}))
+    for name, choice in sorted(read_choices(case).items()):
+        if before.get(name) != case.fields[name]:
+            events.append(("field_chosen", {"field": name, **choice}))
 
     findings = evaluate(case, version, ctx, now)
     missing = missing_items(case, version)
@@ -177,12 +184,32 @@ def _absorb(
 
     updates, rejected = answers.validate(updates, now, version)
     invalid.update(rejected)
-    case = case.with_fields(**updates)
+    case = _remember_choices(case.with_fields(**updates), updates, reading)
     if inbound.attachments:
         have = {a["sha256"] for a in case.attachments}
         fresh = tuple(a.metadata() for a in inbound.attachments if a.sha256 not in have)
         case = replace(case, attachments=case.attachments + _unique(fresh))
     return case, invalid
+
+
+def _remember_choices(case: Case, updates: dict[str, str], reading: Reading) -> Case:
+    """Keep, for each field just taken from free text where the reader chose, the values it
+    passed over: the letter says which it took and how to correct it, the agent sees them.
+    A field set again by this message (a labelled line, an answer) loses its old choice."""
+    choices = {name: choice for name, choice in case.dialog.get("read_choices", {}).items() if name not in updates}
+    for name, value in updates.items():
+        others = [c for c in reading.candidates.get(name, ()) if c != value]
+        if others and reading.found.get(name) == value:
+            choices[name] = {"value": value, "others": others}
+    if choices == case.dialog.get("read_choices", {}):
+        return case
+    return replace(case, dialog={**case.dialog, "read_choices": choices})
+
+
+def read_choices(case: Case) -> dict[str, dict[str, Any]]:
+    """The reader's choices that still stand: the field holds the value it chose."""
+    return {name: choice for name, choice in case.dialog.get("read_choices", {}).items()
+            if case.fields.get(name) == choice["value"]}
 
 
 def _tells_the_story(case: Case, asking: str | None, inbound: InboundMessage, version: PolicyVersion) -> bool:
@@ -349,6 +376,7 @@ def _letter(
         "policy": ctx.policy.id,
         "policy_name": ctx.policy.name,
         "fields": dict(case.fields),
+        "read_choices": read_choices(case),
         "attachments": [dict(a) for a in case.attachments],
         "evidence_minimum": version.evidence_required(case.kind),
         "missing": list(missing),

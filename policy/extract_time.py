@@ -148,7 +148,9 @@ _RELATIVE = re.compile(
 _WEEKDAY_EN = re.compile(
     rf"\b(?:(last|this|past|next)\s+)?({'|'.join(_WEEKDAYS_EN)})(?:\s+(morning|afternoon|evening|night))?\b",
     re.IGNORECASE)
-_WEEKDAY_ZH = re.compile(r"(上上|上|这|本|下下|下)?\s*个?\s*(?:周|星期|礼拜)\s*([一二三四五六日天1-7])(?![0-9])")
+# The prefix is optional, so the pattern may start only at a prefix, at 个 or at the week word:
+# a leading "\s*" would let it start anywhere in a run of spaces (cubic on a blank mail).
+_WEEKDAY_ZH = re.compile(r"(?:(上上|上|这|本|下下|下)\s{0,3}个?\s{0,3}|个\s{0,3})?(?:周|星期|礼拜)\s{0,3}([一二三四五六日天1-7])(?![0-9])")
 _AGO = re.compile(
     rf"(?:\b({D}{{1,3}}|an?|one|two|three|four|five|six|seven|eight|nine|ten|(?:a )?couple of)\s+"
     r"(minute|min|hour|hr|day|week)s?\s+ago\b"
@@ -163,10 +165,10 @@ _CLOCK_EN = re.compile(
     rf"|(?P<off>\+{D}{{2}}:?{D}{{2}})|\(?(?P<beijing>北京时间|Beijing time|China time|CST)\)?))?",
     re.IGNORECASE)
 _CLOCK_ZH = re.compile(  # "昨晚" is a date phrase: its "晚" must not start a clock time
-    r"(?P<part>凌晨|早上|早晨|清晨|上午|中午|下午|傍晚|晚上|夜里|夜间|半夜|深夜|(?<![昨今前傍])晚)?\s*"
-    rf"(?P<hour>{D}{{1,2}}|{CN_NUM}{{1,3}})\s*[点點时]"
-    rf"(?:\s*(?P<minute>{D}{{1,2}}|{CN_NUM}{{1,3}})\s*分|(?P<minute2>{D}{{2}})(?![0-9]|\s*[元块%])"
-    r"|\s*(?P<half>半)|\s*(?P<quarter>一刻|三刻))?")
+    r"(?:(?P<part>凌晨|早上|早晨|清晨|上午|中午|下午|傍晚|晚上|夜里|夜间|半夜|深夜|(?<![昨今前傍])晚)\s{0,3})?"
+    rf"(?P<hour>{D}{{1,2}}|{CN_NUM}{{1,3}})\s{{0,3}}[点點时]"
+    rf"(?:\s{{0,3}}(?P<minute>{D}{{1,2}}|{CN_NUM}{{1,3}})\s{{0,3}}分|(?P<minute2>{D}{{2}})(?![0-9]|\s{{0,3}}[元块%])"
+    r"|\s{0,3}(?P<half>半)|\s{0,3}(?P<quarter>一刻|三刻))?")
 _CLOCK_WORD = re.compile(r"\b(noon|midnight)\b", re.IGNORECASE)
 _CLOCK_EN_PHRASE = re.compile(rf"(?<![0-9:.])({D}{{1,2}})(?::({D}{{2}}))?\s+(?:o'?clock\s+)?"
                               r"(?:in the (morning|afternoon|evening)|at (night))\b", re.IGNORECASE)

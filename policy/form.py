@@ -23,7 +23,7 @@ FORM_LABELS: dict[str, tuple[str, ...]] = {
     "payment_method": ("Payment method", "支付方式"),
 }
 # "Label (hint): value" or "标签（提示）：值"; the hint in brackets is ours and is ignored.
-LINE = re.compile(r"^\s*(?P<label>[^:：()（）\n]{2,60}?)\s*(?:[(（][^)）\n]*[)）]\s*)?[:：]\s*(?P<value>.*)$")
+LINE = re.compile(r"^[ \t]{0,8}(?P<label>[^:：()（）\n]{2,60}?)\s*(?:[(（][^)）\n]*[)）]\s*)?[:：]\s*(?P<value>.*)$")
 _BY_LABEL = {label.casefold(): name for name, labels in FORM_LABELS.items() for label in labels}
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlite_utils
 
+from refunddesk.policy.dialog import read_choices
 from refunddesk.policy.model import Case
 from refunddesk.store import cases as case_store
 
@@ -28,6 +29,8 @@ def case_json(case: Case, incident_tz=None) -> dict[str, Any]:
         "incident_at": incident,
         "description": case.fields.get("description"),
         "fields": dict(case.fields),
+        # Where the reader chose among several values in the customer's text: which, and the others.
+        "read_choices": read_choices(case),
         "attachments": [
             {k: a[k] for k in ("filename", "content_type", "size", "sha256")} for a in case.attachments
         ],

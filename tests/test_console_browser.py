@@ -52,10 +52,12 @@ def console(tmp_path_factory):
         html=HOSTILE_HTML, files=(("charge.png", "image/png", PNG), (LOG_NAME, "text/plain", LOG_BYTES)),
     )
     calm = mail_case(desk, db, "calm@lumen.test", request_302ai(now - timedelta(days=1), desk), now - timedelta(hours=1))
+    # Still collecting (no evidence), so not in the queue: the reader chose 700 over the total.
+    chosen = mail_case(desk, db, "two@lumen.test", "I was charged $1,050 total, of which $700 twice: please refund $700.", now, files=())
     added = run_cli(config, "agents", "add", "alice", "--password-stdin", stdin=f"{PASSWORD}\n".encode())
     assert added.returncode == 0, added.stderr.decode()
     served = Served(config, tmp / "serve.log").start(wait_ports=(port,))
-    yield {"url": f"http://127.0.0.1:{port}", "desk": desk, "db": db, "urgent": urgent, "calm": calm, "served": served, "outgoing": desk.config.path("email.outgoing.folder")}
+    yield {"url": f"http://127.0.0.1:{port}", "desk": desk, "db": db, "urgent": urgent, "calm": calm, "chosen": chosen, "served": served, "outgoing": desk.config.path("email.outgoing.folder")}
     served.stop()
     db.conn.close()
 
@@ -152,3 +154,14 @@ def test_dashboard_shows_numbers_and_server_drawn_charts(console, browser):
     assert page.locator("svg.chart > title").first.text_content() == "Cases per day by channel"
     assert page.locator("svg.chart rect").count() >= 1
     context.close()
+
+
+def test_the_case_page_shows_the_amounts_the_reader_chose_between(console, browser):
+    page = browser.new_page()
+    log_in(page, console["url"], f"/cases/{console['chosen']}")
+    row = page.locator("table.fields tr", has=page.locator("th", has_text="amount"))
+    assert row.locator("td").inner_text().startswith("700")
+    assert row.locator(".read-choice").inner_text() == "read from several in the customer's text; the others: 1050"
+    calm = page.goto(f"{console['url']}/cases/{console['calm']}")
+    assert calm.ok and page.locator(".read-choice").count() == 0
+    page.close()

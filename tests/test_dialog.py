@@ -10,6 +10,7 @@ from refunddesk.policy.context import Context
 from refunddesk.policy.dialog import new_case, step
 from refunddesk.policy.model import Attachment, InboundMessage
 from refunddesk.policy.preset import load_preset
+from refunddesk.render import render
 
 SH = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=SH)
@@ -179,3 +180,40 @@ def test_chat_edit_asks_the_field_again_and_returns_to_the_summary():
     back = step(edit.case, chat("20 USD"), NOW, CTX)
     assert back.case.fields["amount"] == "20"
     assert back.replies[0].template == "summary"
+
+
+def test_where_the_reader_chose_an_amount_the_letter_names_the_others_in_both_languages():
+    text = "我充值了500元，但是被多扣了128元，请退还128元。昨天下午三点扣的。账号 u_777"
+    result = first(mail(text))
+    assert result.case.fields["amount"] == "128"
+    assert result.case.dialog["read_choices"] == {"amount": {"value": "128", "others": ["500"]}}
+    assert ("field_chosen", {"field": "amount", "value": "128", "others": ["500"]}) in result.events
+    (reply,) = result.replies
+    context = {**reply.context, "style": "letter", "channel": "email"}
+    context["letter"] = context  # as intake.pipeline.enqueue_reply hands it to the templates
+    _, zh_body = render(reply.template, "zh", context)
+    assert "（您的来信中还提到 500 CNY；我们采用了 128 CNY。如有误，请回复一行“金额：”并写上正确的值。）" in zh_body
+    _, en_body = render(reply.template, "en", context)
+    assert "(Your message also mentions 500 CNY; we took 128 CNY." in en_body
+
+
+def test_a_single_amount_is_no_choice_and_a_labelled_correction_drops_the_choice():
+    assert "read_choices" not in first(mail(COMPLETE_MAIL)).case.dialog
+    result = first(mail("I paid $50 for credit and $20 of it was charged twice, refund $20 please"))
+    assert result.case.dialog["read_choices"]["amount"]["others"] == ["50"]
+    corrected = step(result.case, mail("Amount charged: 40 USD"), NOW, CTX)
+    assert corrected.case.fields["amount"] == "40"
+    assert corrected.case.dialog["read_choices"] == {}
+    (reply,) = corrected.replies
+    assert reply.context["read_choices"] == {}
+
+
+def test_where_the_reader_chose_a_date_the_letter_names_the_other_date():
+    result = first(mail("I was charged $5 twice on Nov 14 at 3pm. I submitted a ticket on Nov 16 and got no answer."))
+    assert result.case.fields["incident_at"] == "2026-11-14T15:00:00+08:00"
+    assert result.case.dialog["read_choices"]["incident_at"] == {"value": "2026-11-14T15:00:00+08:00", "others": ["2026-11-16"]}
+    (reply,) = result.replies
+    context = {**reply.context, "style": "letter", "channel": "email"}
+    context["letter"] = context
+    _, body = render(reply.template, "en", context)
+    assert "(Your message also mentions 2026-11-16; we took 2026-11-14 15:00." in body

@@ -6,6 +6,7 @@ the letters that arrive at the relay, and the cases in the store.
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -13,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import wait_for
+from conftest import run_cli, wait_for
 from mail_fixtures import APPEALS, PNG, REFUNDS, MailDesk, letter, mail_settings, module_relay  # noqa: F401 (fixture: one relay per module)
 from refunddesk.store import cases as case_store
 from refunddesk.store.clock import utcnow
@@ -243,3 +244,31 @@ def test_a_reply_filling_in_every_line_of_the_block_completes_the_case(desk, rel
     assert case.fields["credit_type"] == "paid"
     assert case.fields["amount"] == "12.50" and case.fields["currency"] == "USD"
     assert case.fields["account_id"] == "acme-7"
+
+
+def test_where_the_reader_chose_between_two_amounts_the_letter_says_so_and_a_reply_corrects_it(desk, relay):
+    customer = "two-amounts@customer.test"
+    text = ("Hello,\n\nI was charged $1,050 total for the bundle, but the duplicate part was only $700,\n"
+            f"so please refund $700. It happened on {charge_time()}.\nAccount ID: acme-77\n")
+    desk.send(letter(customer, "Refund of a duplicate charge", text), customer)
+    (ack,) = relay.wait_for(customer)
+    (case,) = desk.cases_of(customer)
+    assert case.fields["amount"] == "700" and case.fields["currency"] == "USD"
+    body = body_of(ack)
+    assert "Amount charged: 700 USD" in section(body, "What we have so far")
+    assert ('(Your message also mentions 1050 USD; we took 700 USD. If that is not right, reply with the line '
+            '"Amount charged: " and the right value.)') in body
+    # The agent sees the candidates too, in the case's JSON (the console's case page shows the same).
+    shown = json.loads(run_cli(desk.config, "cases", "show", case.id, "--json").stdout)
+    assert shown["read_choices"] == {"amount": {"value": "700", "others": ["1050"]}}
+    assert {"action": "field_chosen", "data": {"field": "amount", "value": "700", "others": ["1050"]}} in desk.events(case.id)
+
+    # The customer says the whole 1,050 was wrong: a labelled line corrects the choice.
+    reply = "Amount charged: 1050 USD\n\nOn " + ack["Date"] + ", refunds@desk.test wrote:\n" + quoted(ack)
+    desk.send(letter(customer, "Re: " + ack["Subject"], reply), customer)
+    _, second = relay.wait_for(customer, 2)
+    case = desk.case(case.id)
+    assert case.fields["amount"] == "1050"
+    assert "also mentions" not in body_of(second)
+    shown = json.loads(run_cli(desk.config, "cases", "show", case.id, "--json").stdout)
+    assert shown["read_choices"] == {}

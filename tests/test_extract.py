@@ -541,3 +541,17 @@ def test_read_fields_returns_only_documented_keys_as_strings(text, now):
         datetime.fromisoformat(fields["incident_at"])
     if "incident_date_only" in fields:
         assert fields["incident_date_only"] == "1" and "incident_at" in fields
+
+
+def test_read_all_lists_what_the_reader_chose_between_and_nothing_when_there_was_no_choice():
+    from refunddesk.policy.extract import read_all
+    tz = ZoneInfo("Asia/Shanghai")
+    now = datetime(2026, 11, 20, 10, tzinfo=tz)
+    two = read_all("I was charged $1,050 total, so please refund $700. It was on Nov 14; my ticket of Nov 16 got no answer.", now, tz)
+    assert two.fields["amount"] == "700" and two.candidates["amount"] == ("700", "1050")
+    assert two.candidates["incident_at"] == (two.fields["incident_at"], "2026-11-16")
+    assert read_all("refund 5 usd, charged yesterday at 3pm, yesterday!", now, tz).candidates == {}
+    # A labelled value is no choice of the reader's, and read_fields is read_all's fields.
+    labelled = "Amount: 12 USD\nI topped up 50 USD."
+    assert read_all(labelled, now, tz).candidates.get("amount") is None
+    assert read_all(labelled, now, tz).fields == read_fields(labelled, now, tz)

@@ -24,6 +24,7 @@ from jinja2 import meta, nodes
 
 from refunddesk.policy.calendar import WorkingCalendar
 from refunddesk.policy.context import Context, History
+from refunddesk.policy.dialog import read_choices
 from refunddesk.policy.deadlines import review_due
 from refunddesk.policy.model import Case, Finding
 from refunddesk.policy.preset import load_preset
@@ -109,6 +110,7 @@ def letter_context(
         "policy": policy.id,
         "policy_name": policy.name,
         "fields": dict(case.fields),
+        "read_choices": read_choices(case),
         "attachments": [dict(a) for a in case.attachments],
         "evidence_minimum": version.evidence_required(case.kind),
         "missing": list(missing),
@@ -143,10 +145,11 @@ def scenarios() -> dict[str, dict[str, Any]]:
             "description": f"The request timed out but I was billed twice for it.{INJECTION}",
         }, (shot, log)), complete=True),
         # The first letter of an incomplete one: reason, credit type and evidence still owed.
-        "302ai-incomplete": letter_context("302ai", make_case("302ai", "refund", "collecting", "email", {
+        # The reader chose 100 over another amount in the text.
+        "302ai-incomplete": letter_context("302ai", replace(make_case("302ai", "refund", "collecting", "email", {
             "amount": "100", "currency": "CNY", "incident_at": "2026-11-20T10:00:00+08:00",
             "account_id": f"13800138000{INJECTION}", "description": "调用接口一直报错 502，但还是扣了费。",
-        }), invalid={"amount": "too_large", "incident_at": "in_future"}),
+        }), dialog={"read_choices": {"amount": {"value": "100", "others": ["500"]}}}), invalid={"amount": "too_large", "incident_at": "in_future"}),
         # Nothing given yet: every field is missing, no deadline known.
         "302ai-empty": letter_context("302ai", make_case("302ai", "refund", "collecting", "email", {})),
         # Gifted credit (P302-3) and a late request (P302-5), decided and closed.
