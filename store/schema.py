@@ -324,7 +324,8 @@ def m008_spool_raw_last(db):
     conn = db.conn
     if conn.in_transaction:
         raise RuntimeError("m008 rebuilds the spool table and must start outside a transaction")
-    log.info("rebuilding the spool table once (its raw bytes move to the end of each row); on a large spool this takes a while and needs free disk for a second copy of it")
+    if conn.execute("SELECT 1 FROM inbound LIMIT 1").fetchone():  # a new store has nothing to copy: nothing to say
+        log.info("rebuilding the spool table once (its raw bytes move to the end of each row); on a large spool this takes a while and needs free disk for a second copy of it")
     conn.execute("PRAGMA foreign_keys = OFF")
     try:
         conn.execute("BEGIN IMMEDIATE")

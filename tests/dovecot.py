@@ -1,4 +1,4 @@
-"""A real Dovecot IMAP server on loopback for the IMAP tests (recipe: shared TESTING.md).
+"""A real Dovecot IMAP server on loopback for the IMAP tests.
 
 The fixture creates an unprivileged system user for the mailboxes if there is none (as root,
 idempotently), writes a throw-away configuration under a temporary folder, and runs

@@ -1,4 +1,4 @@
-"""Every mail of the shared corpus (real-world oddities: bad encodings, TNEF, bounces, broken
+"""Every mail of the corpus in tests/data/corpus (real-world oddities: bad encodings, TNEF, bounces, broken
 boundaries, CJK charsets, nameless attachments) through SMTP into the real `refunddesk serve`.
 
 Nothing may be lost or crash the service: every file is accepted, and every spooled message
@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 import smtplib
 
-from conftest import CORPUS, wait_for
+from conftest import CORPUS, CORPUS_MAILS, wait_for
 from mail_fixtures import REFUNDS, MailDesk, letter, mail_settings, relay  # noqa: F401 (fixture)
 
-FILES = sorted(path for path in (CORPUS / "mikel-mail-fixtures").rglob("*") if path.is_file())
+FILES = CORPUS_MAILS
 
 
 def as_an_mta_sends(raw: bytes) -> bytes:

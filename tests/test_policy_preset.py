@@ -1,4 +1,4 @@
-"""Policies as data: both presets carry the clause IDs of POLICY-CLAUSES.md; versions by date."""
+"""Policies as data: both presets carry the clause IDs of docs/policy-clauses.md; versions by date."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,7 @@ import pytest
 
 from refunddesk.policy.preset import PolicyError, load_policy_file, load_preset
 
-CLAUSES = Path(__file__).resolve().parents[2] / "shared" / "POLICY-CLAUSES.md"
+CLAUSES = Path(__file__).resolve().parents[1] / "docs" / "policy-clauses.md"
 PRESET_DIR = Path(__file__).resolve().parents[1] / "policy" / "presets"
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import pytest
 import sqlite_utils
 
+from conftest import base_settings, run_cli, write_config
 from refunddesk.store import spool
 from refunddesk.store.db import open_db
 from refunddesk.store.schema import MIGRATIONS, m008_spool_raw_last
@@ -47,3 +48,21 @@ def test_the_spool_rebuild_keeps_every_row_and_what_guards_it(tmp_path):
     assert [tuple(r) for r in db.execute("SELECT id, raw FROM inbound ORDER BY id")] == [(r[0], r[4]) for r in before]
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert (path.parent / "refunddesk.db-wal").stat().st_size < len(large)  # the copy's log was given back
+
+
+def test_only_a_spool_with_rows_to_copy_is_announced_as_a_long_rebuild(tmp_path):
+    fresh = write_config(tmp_path / "fresh.toml", base_settings(tmp_path / "fresh"))
+    result = run_cli(fresh, "init")
+    assert result.returncode == 0, result.stderr
+    assert b"spool" not in result.stderr, result.stderr  # a new store has nothing to rebuild
+
+    path = tmp_path / "old" / "refunddesk.db"
+    path.parent.mkdir()
+    db = sqlite_utils.Database(sqlite3.connect(str(path), isolation_level=None))
+    MIGRATIONS.apply(db, stop_before="m008_spool_raw_last")
+    spool.spool(db, "email", "smtp:1", b"Subject: hi\r\n\r\nsmall", AT, {"mail_from": "a@x.test"})
+    db.conn.close()
+    upgraded = write_config(tmp_path / "old.toml", base_settings(tmp_path / "old", **{"store.path": str(path)}))
+    result = run_cli(upgraded, "init")
+    assert result.returncode == 0, result.stderr
+    assert b"on a large spool this takes a while" in result.stderr, result.stderr

@@ -183,12 +183,15 @@ def test_a_retry_after_delays_the_message_and_it_is_delivered(bot):
     (welcome,) = bot.conversation(ada).say("/start")
     assert "refund requests and appeals" in welcome.text
 
-    attempts = bot.fake.calls_of("sendMessage", chat_id=ada.id)
-    assert [c.status for c in attempts] == [429, 200]
-    assert attempts[1].params["text"] == attempts[0].params["text"]
-    assert attempts[1].at - attempts[0].at >= 0.9  # Telegram's wait was honoured
-    (row,) = list(bot.db.query("SELECT status, attempts FROM outbox WHERE recipient = ?", [str(ada.id)]))
-    assert row == {"status": "sent", "attempts": 2}
+    (row,) = wait_for(lambda: [r for r in bot.db.query("SELECT status, attempts FROM outbox WHERE recipient = ?", [str(ada.id)]) if r["status"] == "sent"], message="the row recorded as sent")
+    # What Telegram saw (the fake's own record): the one 429 it returned, then the same text once.
+    calls = bot.fake.calls_of("sendMessage", chat_id=ada.id)
+    assert [c.status for c in calls] == [429, 200]
+    assert calls[1].params["text"] == calls[0].params["text"]
+    assert calls[1].at - calls[0].at >= 0.9  # Telegram's wait was honoured
+    # The row's attempts also count the tries our sender held back itself while Telegram's wait
+    # ran (they never reach Telegram); a busy machine can add one, so only the floor is fixed.
+    assert row["attempts"] >= len(calls)
 
 
 def test_a_retry_after_storm_drops_nothing_reorders_nothing_and_does_not_hammer(bot):
