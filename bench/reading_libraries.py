@@ -58,22 +58,23 @@ def _moment(at: datetime, date_only: bool, tz) -> dict:
 # ---------------------------------------------------------------- the adapters
 
 def dateparser_reader():
+    from dateparser import DateDataParser
     from dateparser.search import search_dates
 
     def read(text, now, tz):
         """search_dates, en+zh, relative to `now` in the desk's zone, past preferred; the longest
-        matched phrase wins (the most specific; the first hit is often "now" or "May"). No time
-        of day in the phrase when the result keeps `now`'s clock or is midnight."""
-        base = now.astimezone(tz).replace(tzinfo=None)
-        settings = {"RELATIVE_BASE": base, "PREFER_DATES_FROM": "past", "TIMEZONE": tz.key,
-                    "RETURN_AS_TIMEZONE_AWARE": True}
+        matched phrase wins (the most specific; the first hit is often "now" or "May"). Whether
+        it holds a time of day is dateparser's own answer: the phrase parsed again with
+        RETURN_TIME_AS_PERIOD has the period "time"."""
+        settings = {"RELATIVE_BASE": now.astimezone(tz).replace(tzinfo=None), "PREFER_DATES_FROM": "past",
+                    "TIMEZONE": tz.key, "RETURN_AS_TIMEZONE_AWARE": True}
         found = [(phrase, at) for phrase, at in search_dates(text, languages=["en", "zh"], settings=settings) or ()
                  if _plausible(at, now)]
         if not found:
             return {}
         phrase, at = max(found, key=lambda hit: len(hit[0]))
-        wall = at.astimezone(tz).time().replace(tzinfo=None)
-        return _moment(at, wall in (base.time(), datetime.min.time()), tz)
+        data = DateDataParser(languages=["en", "zh"], settings=settings | {"RETURN_TIME_AS_PERIOD": True})
+        return _moment(at, data.get_date_data(phrase).period != "time", tz)
     return read
 
 
@@ -85,8 +86,10 @@ def ctparse_reader():
 
     def read(text, now, tz):
         """ctparse's single best resolution of the whole text (1 s timeout), an interval's
-        start; a resolution without a day is no date. ctparse prefers the future: a date it puts
-        after `now` moves one year back (the set's rule: a yearless date is in the past)."""
+        start; a resolution without a day is no date. ctparse prefers the future and has no
+        setting for the past: a date it puts more than a week after `now` is read as a yearless
+        date and moved one year back (the set's rule); one within the week ahead ("Friday",
+        "this morning" read as tomorrow's) is dropped."""
         base = now.astimezone(tz).replace(tzinfo=None)
         logging.getLogger("ctparse").setLevel(logging.ERROR)  # "Failed to produce result" per miss
         result = ctparse(text, ts=base, timeout=1.0)
@@ -96,7 +99,7 @@ def ctparse_reader():
         if not isinstance(value, Time) or None in (value.year, value.month, value.day):
             return {}
         at = datetime(value.year, value.month, value.day, value.hour or 0, value.minute or 0)
-        if at > base:
+        if at > base + timedelta(days=7):
             at = at.replace(year=at.year - 1)
         at = at.replace(tzinfo=tz)
         return _moment(at, value.hour is None, tz) if _plausible(at, now) else {}
@@ -183,6 +186,19 @@ def prepared(reader: Callable) -> Callable:
     return lambda text, now, tz: reader(mask_distractors(strip_quoted(text)), now, tz)
 
 
+def ours_else(library: Callable, fields: tuple[str, ...]) -> Callable:
+    """refunddesk's reading, with the library's for the `fields` refunddesk left empty: what
+    adding the library would gain (and invent) without giving up what ours reads."""
+    def read(text, now, tz):
+        found = read_fields(text, now, tz)
+        if any(found.get(name) for name in fields):
+            return found
+        extra = library(text, now, tz)
+        kept = {k: v for k, v in found.items() if k not in fields and k != "incident_date_only"}
+        return kept | {k: v for k, v in extra.items() if k in fields or (k == "incident_date_only" and "incident_at" in fields)}
+    return read
+
+
 # name, fields it reads, the factory that imports the library and makes the reader
 READERS: list[tuple[str, tuple[str, ...], Callable[[], Callable]]] = [
     ("refunddesk read_fields", ev.SCORED, lambda: read_fields),
@@ -197,6 +213,10 @@ READERS: list[tuple[str, tuple[str, ...], Callable[[], Callable]]] = [
     ("price-parser", MONEY, price_parser_reader),
     ("price-parser +prep", MONEY, lambda: prepared(price_parser_reader())),
     ("cn2an -> refunddesk", ev.SCORED, cn2an_then_ours_reader),
+    ("refunddesk, else dateparser", DATE, lambda: ours_else(dateparser_reader(), DATE)),
+    ("refunddesk, else jionlp time", DATE, lambda: ours_else(jionlp_time_reader(), DATE)),
+    ("refunddesk, else price-parser", MONEY, lambda: ours_else(price_parser_reader(), MONEY)),
+    ("refunddesk, else jionlp money", MONEY, lambda: ours_else(jionlp_money_reader(), MONEY)),
 ]
 
 
