@@ -152,16 +152,21 @@ def price_parser_reader():
     import re
 
     from price_parser import Price
-    sentences = re.compile(r"[^\n.!?。！？；;]+(?:\.[0-9]+[^\n.!?。！？；;]*)*")
+    words = re.compile(r"[^\s，。；！？、]+")
 
     def read(text, now, tz):
-        """Price.fromstring over each sentence (the candidate spans; a decimal point does not end
-        one): the first price that comes with a currency."""
-        for m in sentences.finditer(text):
-            price = Price.fromstring(m.group())
-            if price.amount is not None and price.currency:
-                currency = ISO.get(price.currency.strip().lower())
-                return {"amount": format(price.amount.normalize(), "f")} | ({"currency": currency} if currency else {})
+        """Price.fromstring over candidate spans: each word ("$12.50", "€12,50", "¥128"), and a
+        word with a number joined to its neighbour ("12.50 USD", "USD 49.00", "RMB 128"); the
+        first span whose price has both an amount and a currency. (A whole sentence is too
+        wide: the first number in it wins, "On 14 Nov ... €12,50" is 14.)"""
+        tokens = words.findall(text)
+        for i, token in enumerate(tokens):
+            spans = [token] + [" ".join(tokens[j:j + 2]) for j in (i - 1, i) if 0 <= j < len(tokens) - 1]
+            for span in spans if re.search(r"[0-9]", token) else ():
+                price = Price.fromstring(span)
+                if price.amount is not None and price.currency:
+                    currency = ISO.get(price.currency.strip().lower())
+                    return {"amount": format(price.amount.normalize(), "f")} | ({"currency": currency} if currency else {})
         return {}
     return read
 
