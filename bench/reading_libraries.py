@@ -225,6 +225,14 @@ READERS: list[tuple[str, tuple[str, ...], Callable[[], Callable]]] = [
 ]
 
 
+def _importable(make: Callable) -> bool:
+    try:
+        make()
+        return True
+    except ImportError:
+        return False
+
+
 class Guarded:
     """A library that raises on a mail has read nothing from it; the raises are counted."""
 
@@ -239,6 +247,40 @@ class Guarded:
             return {}
 
 
+# The forms issue 13 names, one phrase each, read on Wednesday 2026-11-18 10:30 in Shanghai.
+DATE_FORMS = ["On 14 Nov 2026", "nov 9", "the 6th of November at 10.15 in the morning", "2026/11/14",
+              "14.11.2026", "11/14", "yesterday evening around 9", "last Friday", "3 days ago", "two days ago",
+              "09:15 UTC on Nov 14", "3pm UTC-5 on Nov 14", "11月14日", "十一月十四号", "11月14号下午3点",
+              "2026年11月14日", "昨天", "大前天", "上周五", "上星期三", "三天前", "昨天下午三点半",
+              "前天早上9点15分", "昨天凌晨2点"]
+MONEY_FORMS = ["twelve dollars fifty", "fifty bucks", "$12.50", "12.50 USD", "US$20", "¥128", "128元",
+               "128块", "RMB 128", "CNY 1,280.00", "人民币128元", "十二块五", "一百二十八元", "两百块", "三百元",
+               "€12,50", "12,50 €", "1.050,00 EUR", "charged $1,050 total, so you owe me $700",
+               "Order #20261114-8831: refund $20"]
+
+
+def print_forms(readers: list[tuple[str, tuple[str, ...], Callable]]) -> None:
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo("Asia/Shanghai")
+    now = datetime(2026, 11, 18, 10, 30, tzinfo=tz)
+    for forms, wanted in ((DATE_FORMS, DATE), (MONEY_FORMS, MONEY)):
+        chosen = [(name, reader) for name, fields, reader in readers if set(fields) & set(wanted)]
+        print("\n| phrase | " + " | ".join(name for name, _ in chosen) + " |")
+        print("| --- " * (len(chosen) + 1) + "|")
+        for phrase in forms:
+            cells = []
+            for _, reader in chosen:
+                got = reader(phrase, now, tz)
+                if "incident_at" in wanted:
+                    at = got.get("incident_at")
+                    cells.append(at[5:16].replace("T00:00", "") + (" (day)" if got.get("incident_date_only") else "")
+                                 if at else "-")
+                else:
+                    cells.append(" ".join(filter(None, (got.get("amount"), got.get("currency")))) or "-")
+            print(f"| `{phrase}` | " + " | ".join(cells) + " |")
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -247,7 +289,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("sets", nargs="*", type=Path, default=[ev.DEFAULT_SET])
     parser.add_argument("--misses", metavar="NAME", help="also list what the reader NAME got wrong")
+    parser.add_argument("--forms", action="store_true", help="only read the issue's forms, one phrase each")
     args = parser.parse_args()
+    if args.forms:
+        print_forms([(n, f, Guarded(m())) for n, f, m in READERS if "+" not in n and "," not in n
+                     and _importable(m)])
+        return
 
     entries = ev.load(args.sets)
     started = time.perf_counter()
