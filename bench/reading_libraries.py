@@ -156,18 +156,23 @@ def price_parser_reader():
 
     def read(text, now, tz):
         """Price.fromstring over candidate spans: each word ("$12.50", "€12,50", "¥128"), and a
-        word with a number joined to its neighbour ("12.50 USD", "USD 49.00", "RMB 128"); the
-        first span whose price has both an amount and a currency. (A whole sentence is too
-        wide: the first number in it wins, "On 14 Nov ... €12,50" is 14.)"""
-        tokens = words.findall(text)
+        word with a number joined to its neighbour ("12.50 USD", "USD 49.00", "RMB 128"). The
+        amount is the first price that has a currency; the currency is read when every such
+        price has the same one. (A whole sentence is too wide a span: its first number wins,
+        "On 14 Nov ... €12,50" is 14.)"""
+        tokens, prices = words.findall(text), []
         for i, token in enumerate(tokens):
             spans = [token] + [" ".join(tokens[j:j + 2]) for j in (i - 1, i) if 0 <= j < len(tokens) - 1]
             for span in spans if re.search(r"[0-9]", token) else ():
                 price = Price.fromstring(span)
                 if price.amount is not None and price.currency:
-                    currency = ISO.get(price.currency.strip().lower())
-                    return {"amount": format(price.amount.normalize(), "f")} | ({"currency": currency} if currency else {})
-        return {}
+                    prices.append((price.amount, ISO.get(price.currency.strip().lower())))
+                    break
+        if not prices:
+            return {}
+        currencies = {currency for _, currency in prices}
+        return {"amount": format(prices[0][0].normalize(), "f")} | (
+            {"currency": currencies.pop()} if len(currencies) == 1 and None not in currencies else {})
     return read
 
 
@@ -222,6 +227,8 @@ READERS: list[tuple[str, tuple[str, ...], Callable[[], Callable]]] = [
     ("refunddesk, else jionlp time", DATE, lambda: ours_else(jionlp_time_reader(), DATE)),
     ("refunddesk, else price-parser", MONEY, lambda: ours_else(price_parser_reader(), MONEY)),
     ("refunddesk, else jionlp money", MONEY, lambda: ours_else(jionlp_money_reader(), MONEY)),
+    ("refunddesk, else price-parser's currency", ("currency",),
+     lambda: ours_else(price_parser_reader(), ("currency",))),
 ]
 
 
