@@ -281,7 +281,7 @@ def print_forms(readers: list[tuple[str, tuple[str, ...], Callable]]) -> None:
                 got = reader(phrase, now, tz)
                 if "incident_at" in wanted:
                     at = got.get("incident_at")
-                    cells.append(at[5:16].replace("T00:00", "") + (" (day)" if got.get("incident_date_only") else "")
+                    cells.append(at[:16].replace("T00:00", "") + (" (day)" if got.get("incident_date_only") else "")
                                  if at else "-")
                 else:
                     cells.append(" ".join(filter(None, (got.get("amount"), got.get("currency")))) or "-")
