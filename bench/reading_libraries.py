@@ -116,15 +116,19 @@ def jionlp_time_reader():
     jio = _jionlp()
 
     def read(text, now, tz):
-        """jio.ner.extract_time with time_base = `now` in the desk's zone: the first time point
-        (not a span or period) that is not in the future; a point that covers a whole day is a
-        date only."""
+        """jio.ner.extract_time with time_base = `now` in the desk's zone: the first time point,
+        or the start of the first time span ("从今天早上9点15分开始", "2月20日凌晨2点至6点"), that
+        is not in the future; one that covers a whole day is a date only. jionlp puts a yearless
+        date in the future ("12月28号" written on 3 January is next December): like ctparse's,
+        a date more than a week ahead moves one year back."""
         base = now.astimezone(tz).replace(tzinfo=None)
         for item in jio.ner.extract_time(text, time_base=base, with_parsing=True):
             detail = item.get("detail") or {}
-            if item["type"] != "time_point" or not detail.get("time"):
+            if item["type"] not in ("time_point", "time_span") or not isinstance(detail.get("time"), list):
                 continue
             start, end = (datetime.fromisoformat(t) for t in detail["time"][:2])
+            if start > base + timedelta(days=7):
+                start, end = start.replace(year=start.year - 1), end.replace(year=end.year - 1)
             at = start.replace(tzinfo=tz)
             if _plausible(at, now):
                 whole_day = start.time() == datetime.min.time() and end.time() >= datetime.max.time().replace(microsecond=0)
