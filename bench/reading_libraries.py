@@ -313,13 +313,13 @@ def main() -> None:
     langs = {la: sum(s.lang == la for s in samples) for la in ev.LANGUAGES}
     print(f"{len(samples)} mails ({', '.join(f'{la} {n}' for la, n in langs.items())}) from "
           f"{', '.join(str(p) for p in args.sets)}; parsed in {time.perf_counter() - started:.1f} s\n")
-    print("| reader | field | en % | zh % | mixed % | all % | invented | ms/mail |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| reader | field | en % | zh % | mixed % | all % | invented | invented en/zh/mixed | ms/mail |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, fields, make in READERS:
         try:
             reader = Guarded(make())
         except ImportError as error:
-            print(f"| {name} | not installed ({error.name}): pip install -e '.[bench]' | | | | | | |")
+            print(f"| {name} | not installed ({error.name}): pip install -e '.[bench]' | | | | | | | |")
             continue
         for s in samples[:5]:  # first calls load dictionaries and models: not a mail's cost
             reader(s.text, s.now, s.tz)
@@ -328,9 +328,11 @@ def main() -> None:
         for name_field in fields:
             cells = [_cell(result.percent(name_field, la)) for la in (*ev.LANGUAGES, None)]
             print(f"| {name} | {name_field} | " + " | ".join(cells)
-                  + f" | {result.invented_by_field[name_field]} | {result.ms_per_mail():.2f} |")
+                  + f" | {result.invented_by_field[name_field]} | "
+                  + "/".join(str(result.invented_in[name_field, la]) for la in ev.LANGUAGES)
+                  + f" | {result.ms_per_mail():.2f} |")
         if reader.errors:
-            print(f"| {name} | raised on {len(reader.errors)} mails, e.g. {reader.errors[0]} | | | | | | |")
+            print(f"| {name} | raised on {len(reader.errors)} mails, e.g. {reader.errors[0]} | | | | | | | |")
         if args.misses and args.misses == name:
             print("\n".join(f"    {line}" for line in result.wrong))
         sys.stdout.flush()

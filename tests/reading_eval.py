@@ -123,6 +123,7 @@ class Score:
     wrong: list[str] = field(default_factory=list)
     invented: list[str] = field(default_factory=list)
     invented_by_field: dict = field(default_factory=lambda: defaultdict(int))
+    invented_in: dict = field(default_factory=lambda: defaultdict(int))  # (field, lang) -> n invented
     seconds: float = 0.0  # spent in the reader alone
     mails: int = 0
 
@@ -164,6 +165,7 @@ def score(samples: Iterable[Sample], reader: Reader, fields: tuple[str, ...] = S
             if expected[name] is None:
                 result.invented.append(line)
                 result.invented_by_field[name] += 1
+                result.invented_in[name, s.lang] += 1
     return result
 
 
