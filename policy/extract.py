@@ -96,7 +96,7 @@ _DISTRACTORS = [re.compile(p, re.IGNORECASE) for p in (
     r"[\s_-]*(?:id|no\.?|number|num|#|号|编号|单号|号码)?\s*[:：#=]?\s*"
     rf"(?P<x>(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{{4,}}){_CURRENCY_AHEAD}",
     r"(?<![0-9])[0-9]{9,}(?![0-9])",
-    r"(?<![A-Za-z0-9$])[A-Za-z]+[-_][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*",
+    r"(?<![A-Za-z0-9$])(?!(?:utc|gmt)[+-][0-9])[A-Za-z]+[-_][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*",
     # Phone numbers: +86 138 0013 8000, 138-0013-8000, 415-555-0134, 0755-86001234.
     r"\+[0-9]{1,3}[\s-]?\(?[0-9]{1,4}\)?(?:[\s-]?[0-9]{2,4}){2,4}",
     r"(?<![0-9])1[3-9][0-9][\s-]?[0-9]{4}[\s-]?[0-9]{4}(?![0-9])",
@@ -222,6 +222,27 @@ def read_labelled(text: str) -> dict[str, str]:
     return dict(_prepare(text).labels)  # a copy: the prepared text is shared (cached)
 
 
+# Where a signature starts: a closing alone on its line ("Best regards", "Thanks, Anna", "此致").
+# What follows (titles, addresses, phones, "Founded 01.04.2009", office hours) is not the claim;
+# labelled lines below it ("Account ID: ...") are still read as labels.
+_CLOSING = re.compile(
+    r"^[ \t]{0,8}(?:(?:with\s)?(?:best|kind|warm|warmest|many)\s(?:regards|wishes|wish|thanks)|regards|best|"
+    r"thanks(?:\sand\sregards|\sa\s(?:lot|bunch|ton))?|thank\syou(?:\svery\smuch)?|many\sthanks|cheers|"
+    r"(?:yours\s)?(?:sincerely|faithfully|truly)|respectfully|best\swish(?:es)?|viele\sgrüße|"
+    r"此致|顺颂商祺|顺祝商祺|祝好|敬礼|谢谢|感谢)"
+    r"[ \t]{0,4}[,，.!！。]{0,3}(?:[ \t]{0,4}[A-Za-z\u4e00-\u9fff][^\n0-9,.:：]{0,40})?[ \t]{0,8}$"
+    r"|^[ \t]{0,8}(?:—|——|-{3,})[ \t—-]{0,40}(?:[A-Za-z\u4e00-\u9fff][^\n0-9]{0,40})?$",
+    re.MULTILINE | re.IGNORECASE)
+
+
+def _without_signature(free: str) -> str:
+    """The text above the first closing line that has the customer's words above it."""
+    for m in _CLOSING.finditer(free):
+        if free[:m.start()].strip():
+            return free[:m.start()]
+    return free
+
+
 @dataclass(frozen=True)
 class _Prepared:
     labels: dict[str, str]  # canonical field -> first non-empty labelled value
@@ -241,7 +262,7 @@ def _prepare(text: str) -> _Prepared:
     # A labelled value is read from its label; free-text readers must not count it again.
     # Descriptions stay: "Description: charged $12.50 twice yesterday" is free text.
     structured = [(h.start, h.end) for h in hits if h.field not in _FREE_FORM]
-    return _Prepared(labels, _blank(mask_distractors(body), structured))
+    return _Prepared(labels, _without_signature(_blank(mask_distractors(body), structured)))
 
 
 # ---------------------------------------------------------------- money and moments
@@ -435,14 +456,26 @@ def _plain(number: Decimal) -> str:
     return format(number, "f")
 
 
+def _named_currency(text: str, money: Money | None) -> str | None:
+    """The currency of the mail when the chosen amount names none, or no amount was chosen:
+    that of the same amount written elsewhere ("¥927.50 ... 请退这927.5"), else the one currency
+    every amount of the mail is written in ("$30 and $45, one of them is wrong")."""
+    free = _money_text(_prepare(text).free)
+    mentions = [m for m in find_amounts(free) if m.money.currency]
+    same = {m.money.currency for m in mentions if money is not None and m.money.amount == money.amount}
+    named = same or {m.money.currency for m in mentions}
+    return named.pop() if len(named) == 1 else None
+
+
 def read_fields(text: str, now: datetime, tz: tzinfo) -> dict[str, str]:
     """Every field the text makes certain, as strings (see FIELD_NAMES); absent otherwise."""
     fields: dict[str, str] = {}
     money = read_money(text)
     if money is not None:
         fields["amount"] = _plain(money.amount)
-        if money.currency:
-            fields["currency"] = money.currency
+    currency = money.currency if money is not None and money.currency else _named_currency(text, money)
+    if currency:
+        fields["currency"] = currency
     moment = read_moment(text, now, tz)
     if moment is not None:
         fields["incident_at"] = moment.at.isoformat()
