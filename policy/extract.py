@@ -467,8 +467,54 @@ def _named_currency(text: str, money: Money | None) -> str | None:
     return named.pop() if len(named) == 1 else None
 
 
+_FORWARD_MARKER = re.compile(
+    r"^[ \t]{0,8}(?:-{2,40}[ \t]{0,4}(?:Forwarded message|Original Message|转发的邮件|转发邮件信息|转发邮件|"
+    r"原始邮件|轉寄郵件)[ \t]{0,4}-{2,40}|Begin forwarded message[ \t]{0,4}:)[ \t]{0,8}$", re.MULTILINE | re.IGNORECASE)
+_FORWARD_HEADER = re.compile(
+    r"[ \t]{0,8}\*?(?P<name>from|date|sent|to|cc|subject|发件人|寄件者|发送时间|发送日期|时间|日期|收件人|抄送|主题)"
+    r"\*?[ \t]{0,4}[:：](?P<value>[^\n]{0,400})", re.IGNORECASE)
+# A forward from these is a receipt, a bill or a notice: its totals are not the claim (SPEC).
+_MACHINE_SENDER = re.compile(r"no-?reply|do-?not-?reply|billing|invoice|receipt|notif|notice|alert|"
+                             r"service|system|mailer|bank|账单|通知|银行|客服", re.IGNORECASE)
+_FORWARD_FIELDS = ("amount", "currency", "incident_at", "incident_date_only")
+
+
+def _forwarded_request(text: str) -> str | None:
+    """The body of a letter the customer forwarded (their own earlier request, a colleague's
+    note), without its header lines; None when there is none or it comes from a machine."""
+    marker = _FORWARD_MARKER.search(text)
+    if marker is None:
+        return None
+    lines = text[marker.end():].split("\n")
+    sender, body_start = "", len(lines)
+    for index, line in enumerate(lines):
+        header = _FORWARD_HEADER.fullmatch(line)
+        if header:
+            sender = header.group("value") if header.group("name").lower() in ("from", "发件人", "寄件者") else sender
+        elif line.strip():
+            body_start = index
+            break
+    if not sender or _MACHINE_SENDER.search(sender):
+        return None
+    return "\n".join(lines[body_start:])
+
+
 def read_fields(text: str, now: datetime, tz: tzinfo) -> dict[str, str]:
-    """Every field the text makes certain, as strings (see FIELD_NAMES); absent otherwise."""
+    """Every field the text makes certain, as strings (see FIELD_NAMES); absent otherwise.
+
+    A letter forwarded below the customer's words fills the amount and the date they leave empty."""
+    fields = _read_own_fields(text, now, tz)
+    forwarded = _forwarded_request(text)
+    if forwarded:
+        earlier = _read_own_fields(forwarded, now, tz)
+        if "amount" not in fields and "currency" not in fields:
+            fields.update({k: earlier[k] for k in ("amount", "currency") if k in earlier})
+        if "incident_at" not in fields:
+            fields.update({k: earlier[k] for k in ("incident_at", "incident_date_only") if k in earlier})
+    return fields
+
+
+def _read_own_fields(text: str, now: datetime, tz: tzinfo) -> dict[str, str]:
     fields: dict[str, str] = {}
     money = read_money(text)
     if money is not None:

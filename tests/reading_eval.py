@@ -3,9 +3,10 @@
 One scorer for tests/test_extract_accuracy.py and bench/reading_libraries.py. Each entry of the
 set (tests/data/reading_eval.json, written by people who did not read the reader) becomes a
 real MIME mail: its subject, a text/plain or a text/html-only body in UTF-8. The project's own
-parser (intake/email/parse.py) turns the bytes into an InboundMessage, and its `.text` (the
-customer's own words, HTML reduced to text, quotes and forwards set aside) is what a reader
-gets, with the entry's `now` and desk time zone.
+parser (intake/email/parse.py) turns the bytes into an InboundMessage, and what the dialog
+gives the field reader (policy/dialog.py `reading_text`: the customer's own words, HTML
+reduced to text, quotes set aside, a forwarded message below them) is what a reader gets,
+with the entry's `now` and desk time zone.
 
 The rules, kept from the first accuracy test: a field is right when it matches exactly (a null
 expected and nothing read is right too; amounts compare as decimals); an entry labelled
@@ -27,6 +28,7 @@ from typing import Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from refunddesk.intake.email.parse import Addresses, parse_mail
+from refunddesk.policy.dialog import reading_text
 
 DEFAULT_SET = Path(__file__).parent / "data" / "reading_eval.json"
 SCORED = ("amount", "currency", "incident_at")
@@ -82,7 +84,7 @@ def sample(entry: dict) -> Sample:
     now = datetime.fromisoformat(entry["now"])
     meta = {"mail_from": f"customer-{entry['id']}@customer.test", "rcpt_tos": [REFUNDS]}
     parsed = parse_mail(mail_bytes(entry), meta, Addresses(REFUNDS, APPEALS), now)
-    return Sample(entry, parsed.inbound.text or "", now, ZoneInfo(entry.get("tz") or "Asia/Shanghai"))
+    return Sample(entry, reading_text(parsed.inbound), now, ZoneInfo(entry.get("tz") or "Asia/Shanghai"))
 
 
 def _date_only(value) -> bool:
