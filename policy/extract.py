@@ -173,7 +173,7 @@ _LABEL = re.compile(
     + "|".join(re.escape(lb).replace(r"\ ", r"\s*") for lb in sorted(_LABEL_FIELD, key=len, reverse=True))
     + r")[*_]*\s*[:：]", re.IGNORECASE | re.MULTILINE)
 _FREE_FORM = ("description", "reason")  # these run on; the others end at a sentence's end
-_VALUE_END = re.compile(r"[。！？；;!?，]|\.(?=\s|$)")
+_VALUE_END = re.compile(r"[。！？；;!?，]|\.(?=\s|$)|(?<=[^\s(（])[)）]")  # "账户（账号ID：900123）在...": stop at "）"
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ _MONEY_VERB = re.compile(
     r"(?:\bcharged|\bcharge of|\bbilled|\bdeducted|\bdebited|\brefund(?:ed)?|\brefund of|\bpaid|"
     r"\bspent|\blost|\bcost(?: me)?|扣了我?|扣费|扣款|扣除了?|被扣了?|多扣了?|扣|退款|退还|退回|退|"
     r"充值了?|充了|付了|支付了?|花了|损失了?|金额是|金额为)"
-    r"\s*(?:me\s+|of\s+|for\s+|about\s+|around\s+|approx\.?\s+|roughly\s+|大概|大约|约|这笔?|那笔?)*$"
+    r"\s*(?:me\s+|of\s+|for\s+|the\s+|about\s+|around\s+|approx\.?\s+|roughly\s+|大概|大约|约|这笔?|那笔?)*$"
     r"|\bfee of\s{0,3}$|\bamount of\s{0,3}$",
     re.IGNORECASE)
 _REFUND_AFTER = re.compile(r"\s{0,2}(?:退|refund)", re.IGNORECASE)  # "多的450退我吧"
@@ -119,7 +119,8 @@ _PARTIAL = re.compile(r"\bpartial|pro[- ]?rat|按比例|部分退款|退一部�
 # "charged $8 ... another $8, both for jobs that never ran": several charges, total unwritten.
 _SEVERAL_CHARGES = re.compile(r"\b(?:both|all of them|each of them)\b|都是|两笔都|全部都|都没", re.IGNORECASE)
 _LIST_GAP = re.compile(r"\s*(?:,|，|、|\+|&|and|和|及|以及)\s*(?:and\s*)?", re.IGNORECASE)
-_CLAUSE_BREAK = re.compile(r"[。！？；;!?\n，,]|\.(?=\s|$)")
+_CLAUSE_BREAK = re.compile(r"[。！？；;!?\n，,]|\.(?=\s|$)|(?<=[\u4e00-\u9fff0-9])[ \t](?=[\u4e00-\u9fff])")
+_SENTENCE_BREAK = re.compile(r"[。！？!?\n]|\.(?=\s|$)")
 
 
 def to_decimal(number_text: str) -> Decimal | None:
@@ -154,14 +155,20 @@ def _mention_from(m: re.Match, text: str, *, answer: bool) -> AmountMention | No
     if pre and post and _currency(pre) != _currency(post) and post not in ("元", "块"):
         return None  # "$12 RMB": contradictory, let a human read it
     currency = _currency(pre) or _currency(post)
-    return AmountMention(m.start(), m.end(), Money(amount, currency), _roles(text, m.start(), m.end()))
+    end = m.start() + len(m.group(0).rstrip())  # the optional currency's \s* may have run over a line end
+    return AmountMention(m.start(), end, Money(amount, currency), _roles(text, m.start(), end))
 
 
 def _roles(text: str, start: int, end: int) -> frozenset[str]:
-    before = _CLAUSE_BREAK.split(text[max(0, start - 40):start])[-1]
-    after = _CLAUSE_BREAK.split(text[end:end + 16])[0]
+    clauses = _CLAUSE_BREAK.split(text[max(0, start - 40):start])
+    before, after = clauses[-1], _CLAUSE_BREAK.split(text[end:end + 16])[0]
     roles = {role for role, pattern in _ROLE_PATTERNS.items()
              if pattern.search(before) or (role != "topup" and pattern.search(after))}
+    # "Please refund the difference, RMB 128", "全部退给我，一共3500元": asked back one clause earlier
+    lead = _SENTENCE_BREAK.split(text[max(0, start - 40):start])[-1]
+    if len(clauses) > 1 and not before.strip(" \t") == "" and _ROLE_PATTERNS["refund"].search(clauses[-2]) \
+            and len(lead) > len(before) and not (roles & {"balance", "unit", "charge", "topup"}):
+        roles.add("refund")
     if _PRICE_AFTER.match(text[end:end + 24]):
         roles.add("price")
     return frozenset(roles)
@@ -225,6 +232,8 @@ def choose_amount(mentions: list[AmountMention], text: str) -> Money | None:
         tiers = ["refund"]
     for role in tiers:
         pool = [m for m in mentions if role is None or role in m.roles]
+        if role is None:  # a price per call or a plan's price is never the claim by itself
+            pool = [m for m in pool if not m.roles & {"unit", "price"}] or pool
         if role is not None and tiers == ["refund"]:
             pool = [m for m in pool if "price" not in m.roles]
         amounts = {m.money.amount for m in pool}

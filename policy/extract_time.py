@@ -128,7 +128,7 @@ _ISO_TIMESTAMP = re.compile(
     rf"(Z|[+-]{D}{{2}}:?{D}{{2}})?")
 _YMD = re.compile(rf"(?<!{D})((?:19|20){D}{{2}})\s*[-/.年]\s*({D}{{1,2}})\s*[-/.月]\s*({D}{{1,2}})"
                   rf"(?:\s*[日号])?(?!{D})")
-_DMY = re.compile(rf"(?<![0-9/.])({D}{{1,2}})([/.])({D}{{1,2}})\2((?:19|20)?{D}{{2}})(?![0-9/.])")
+_DMY = re.compile(rf"(?<![0-9/.])({D}{{1,2}})([/.])({D}{{1,2}})\2((?:19|20)?{D}{{2}})(?![0-9/]|\.[0-9])")
 _MD_ZH = re.compile(rf"(?<!{D})({D}{{1,2}}|{CN_NUM}{{1,3}})\s*月\s*({D}{{1,2}}|{CN_NUM}{{1,3}})\s*[日号]")
 _MD_SLASH = re.compile(rf"(?<![0-9/.:-])({D}{{1,2}})[/-]({D}{{1,2}})(?![0-9/%-])")
 _MONTH_NAME = re.compile(
@@ -137,7 +137,7 @@ _MONTH_NAME = re.compile(
     rf"|(?:{_MONTHS})\b\.?\s+{D}{{1,2}}(?:st|nd|rd|th)?\b)(?:,?\s+((?:19|20){D}{{2}})\b)?",
     re.IGNORECASE)
 _ORDINAL_DAY = re.compile(  # "the 3rd time" is no date: only after a date preposition
-    rf"\b(?:on|since|from|dated|until|till|before|after|by)\s+the\s+({D}{{1,2}})(?:st|nd|rd|th)\b(?!\s{1,3}of\s)",
+    rf"\b(?:on|since|from|dated|until|till|before|after|by)\s+the\s+({D}{{1,2}})(?:st|nd|rd|th)\b(?!\s{{1,3}}of\s)",
     re.IGNORECASE)
 _DAY_ZH = re.compile(rf"(?<![0-9月])({D}{{1,2}})\s*号(?!码)")
 _DAY_OF_MONTH_ZH = re.compile(rf"(本月|这个月|上个?月)\s*({D}{{1,2}})\s*[日号]")
@@ -189,6 +189,8 @@ _CLAUSE_BREAK = re.compile(r"[,，]|\b(?:and|but)\b|但是?|并且|然后", re.I
 _PURCHASE_BEFORE = re.compile(
     r"\b(?:bought|buy|purchased?|purchasing|subscribed|ordered|signed up)\b"
     r"|购买|买的|买了|订阅|开通|下单|注册", re.IGNORECASE)
+# "downgraded to the free plan on 2026-11-01": a change of plan, not the charge
+_OTHER_VERB = re.compile(r"\b(?:registered|downgraded|upgraded|switched|signed up|cancell?ed)\b|注册|取消|降级", re.IGNORECASE)
 _CHARGE_AFTER = re.compile(r"^\s{0,3}(?:被|又)?(?:重复|多)?(?:扣款|扣费|扣了|扣除|扣)")
 _PURCHASE_AFTER = re.compile(r"^\s*(?:购买|买的|买了|订阅|开通|下单|注册)")
 _OTHER_BEFORE = re.compile(r"\b(?:applied|submitted|wrote|replied|emailed|sent|forwarding|registered|"
@@ -595,7 +597,7 @@ def _role(text: str, start: int, end: int) -> str:
         return "incident"
     if _PURCHASE_BEFORE.search(before) or _PURCHASE_AFTER.search(after):
         return "purchase"
-    if _OTHER_BEFORE.search(before[-14:]) or _OTHER_AFTER.search(after):
+    if _OTHER_BEFORE.search(before[-14:]) or _OTHER_AFTER.search(after) or _OTHER_VERB.search(before):
         return "other"
     return "incident"
 
