@@ -299,7 +299,84 @@ def read_moment(text: str, now: datetime, tz: tzinfo, *, answer: bool = False) -
             return moment
     if answer:
         return parse_answer_moment(prepared.free, now, tz)
-    return choose_moment(find_moments(prepared.free, now, tz))
+    mentions = find_moments(prepared.free, now, tz)
+    rows = _table_rows(strip_quoted(text), len(prepared.free))
+    if rows and any(_row_of(m.start, rows) is not None for m in mentions):
+        return _moment_from_table(text, prepared.free, mentions, rows)
+    return choose_moment(mentions)
+
+
+# ---------------------------------------------------------------- tables of charges
+
+# A row of a pasted table: its cells are set apart by runs of spaces, tabs or bars.
+_CELL_GAP = re.compile(r" {2,40}|\t|\|")
+_TOTAL_ROW = re.compile(r"\b(?:total|sum|subtotal|balance)\b|合计|总计|一共|总额|余额", re.IGNORECASE)
+_CLOCK_ONLY = re.compile(r"[(（]?[0-9]{1,2}[:.][0-9]{2}[)）]?")
+_EN_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "1st": 1, "2nd": 2, "3rd": 3}
+# "第三行那笔是盗刷", "the second row": the customer points at one row of the table
+_ROW_POINTER = re.compile(r"第\s{0,2}([0-9]{1,2}|[一二三四五六七八九十]{1,3})\s{0,2}(?:行|笔|条|项)"
+                          r"|\b(?:the\s)?(first|second|third|fourth|fifth|1st|2nd|3rd)\s(?:row|line|entry)\b"
+                          r"|\b(?:row|line)\s{1,2}(?:#\s{0,2})?([0-9]{1,2})\b", re.IGNORECASE)
+
+
+def _table_rows(body: str, length: int) -> list[tuple[int, int]]:
+    """Where the lines of a pasted table are (not its totals), as spans of the prepared text."""
+    rows, pos = [], 0
+    for line in body.split("\n"):
+        if pos >= length:
+            break
+        if len(_CELL_GAP.findall(line.strip())) >= 2 and not _TOTAL_ROW.search(line):
+            rows.append((pos, min(pos + len(line), length)))
+        pos += len(line) + 1
+    return rows
+
+
+def _row_of(position: int, rows: list[tuple[int, int]]) -> int | None:
+    return next((i for i, (start, end) in enumerate(rows) if start <= position < end), None)
+
+
+def _pointed_row(free: str, rows: list[tuple[int, int]], data_rows: list[int]) -> int | None:
+    """The table row the customer's words point at by its place ("第三行", "the second row")."""
+    pointers = set()
+    for m in _ROW_POINTER.finditer(free):
+        if _row_of(m.start(), rows) is not None:
+            continue
+        word = m.group(1) or m.group(2) or m.group(3)
+        place = _EN_ORDINALS.get(word.lower()) or cn_number(word)
+        if place and place <= len(data_rows):
+            pointers.add(data_rows[place - 1])
+    return pointers.pop() if len(pointers) == 1 else None
+
+
+def _moment_from_table(text: str, free: str, mentions: list, rows: list[tuple[int, int]]) -> Moment | None:
+    """A table of charges names many dates: the customer's own sentence says which one, by a
+    date of its own, by the time of the row ("the second charge (09:03)"), by its place, or by
+    the amount claimed, which sits in one row."""
+    prose = [m for m in mentions if _row_of(m.start, rows) is None]
+    dated = [m for m in prose if not _CLOCK_ONLY.fullmatch(free[m.start:m.end].strip())]
+    moment = choose_moment(dated)
+    if moment is not None or dated:
+        return moment
+    by_row: dict[int, list] = {}
+    for m in mentions:
+        row = _row_of(m.start, rows)
+        if row is not None:
+            by_row.setdefault(row, []).append(m)
+    clocks = {m.moment.at.timetz().replace(tzinfo=None) for m in prose}
+    picked = {row for row, found in by_row.items()
+              if any(m.moment.at.timetz().replace(tzinfo=None) in clocks and not m.moment.date_only for m in found)}
+    if not picked:
+        pointed = _pointed_row(free, rows, sorted(by_row))
+        picked = {pointed} if pointed is not None else set()
+    if not picked:
+        money = read_money(text)
+        if money is not None:
+            masked = _money_text(free)
+            picked = {row for row in by_row
+                      if any(a.money.amount == money.amount for a in find_amounts(masked[rows[row][0]:rows[row][1]], answer=True))}
+    if len(picked) == 1:
+        return choose_moment(by_row[picked.pop()])
+    return choose_moment(mentions)
 
 
 def read_purchase_moment(text: str, now: datetime, tz: tzinfo) -> Moment | None:
