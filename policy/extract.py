@@ -287,7 +287,21 @@ def read_money(text: str, *, answer: bool = False) -> Money | None:
                 money = Money(money.amount, named.currency if named else None)
             return money
     free = _money_text(prepared.free)
-    return choose_amount(find_amounts(free, answer=answer), free)
+    money = choose_amount(find_amounts(free, answer=answer), free)
+    if money is None and not answer:
+        money = _money_in_pointed_row(text, free)
+    return money
+
+
+def _money_in_pointed_row(text: str, free: str) -> Money | None:
+    """"第三行那笔是盗刷，请退": the amount of the table row the customer points at."""
+    rows = _table_rows(strip_quoted(text), len(free))
+    data_rows = [i for i, (start, end) in enumerate(rows) if find_amounts(free[start:end], answer=True)]
+    row = _pointed_row(free, rows, data_rows) if data_rows else None
+    if row is None:
+        return None
+    amounts = {m.money for m in find_amounts(free[rows[row][0]:rows[row][1]])}
+    return amounts.pop() if len(amounts) == 1 else None
 
 
 def read_moment(text: str, now: datetime, tz: tzinfo, *, answer: bool = False) -> Moment | None:

@@ -90,7 +90,7 @@ _MONEY_VERB = re.compile(
     r"\bspent|\blost|\bcost(?: me)?|扣了我?|扣费|扣款|扣除了?|被扣了?|多扣了?|扣|退款|退还|退回|退|"
     r"充值了?|充了|付了|支付了?|花了|损失了?|金额是|金额为)"
     r"\s*(?:me\s+|of\s+|for\s+|the\s+|about\s+|around\s+|approx\.?\s+|roughly\s+|大概|大约|约|这笔?|那笔?)*$"
-    r"|\bfee of\s{0,3}$|\bamount of\s{0,3}$",
+    r"|\bfee of\s{0,3}$|\bamount of\s{0,3}$|[这那]笔\s{0,3}$",  # "凌晨2点那笔36.8是啥"
     re.IGNORECASE)
 _REFUND_AFTER = re.compile(r"\s{0,2}(?:退|refund)", re.IGNORECASE)  # "多的450退我吧"
 # What follows a number that is not money: counts, durations, ranges, rough sizes.
@@ -118,6 +118,10 @@ _COMPARISON = re.compile(
 _PARTIAL = re.compile(r"\bpartial|pro[- ]?rat|按比例|部分退款|退一部分|折算", re.IGNORECASE)
 # "charged $8 ... another $8, both for jobs that never ran": several charges, total unwritten.
 _SEVERAL_CHARGES = re.compile(r"\b(?:both|all of them|each of them)\b|都是|两笔都|全部都|都没", re.IGNORECASE)
+_REFUND_REST = re.compile(
+    r"(?:剩下的|剩余的?|余额)\s{0,3}(?:都|全部)?\s{0,3}退|退\s{0,3}(?:回|还)?\s{0,3}(?:剩下的|剩余的?|余额)"
+    r"|\brefund\s(?:the\s|my\s)?(?:rest|remaining|remainder|balance|unused)"
+    r"|\b(?:the\s)?(?:rest|remainder|remaining balance|balance)\s(?:back|refunded)\b", re.IGNORECASE)
 _LIST_GAP = re.compile(r"\s*(?:,|，|、|\+|&|and|和|及|以及)\s*(?:and\s*)?", re.IGNORECASE)
 _CLAUSE_BREAK = re.compile(r"[。！？；;!?\n，,]|\.(?=\s|$)|(?<=[\u4e00-\u9fff0-9])[ \t](?=[\u4e00-\u9fff])")
 _SENTENCE_BREAK = re.compile(r"[。！？!?\n]|\.(?=\s|$)")
@@ -166,7 +170,7 @@ def _roles(text: str, start: int, end: int) -> frozenset[str]:
              if pattern.search(before) or (role != "topup" and pattern.search(after))}
     # "Please refund the difference, RMB 128", "全部退给我，一共3500元": asked back one clause earlier
     lead = _SENTENCE_BREAK.split(text[max(0, start - 40):start])[-1]
-    if len(clauses) > 1 and not before.strip(" \t") == "" and _ROLE_PATTERNS["refund"].search(clauses[-2]) \
+    if len(clauses) > 1 and _ROLE_PATTERNS["refund"].search(clauses[-2]) \
             and len(lead) > len(before) and not (roles & {"balance", "unit", "charge", "topup"}):
         roles.add("refund")
     if _PRICE_AFTER.match(text[end:end + 24]):
@@ -230,6 +234,9 @@ def choose_amount(mentions: list[AmountMention], text: str) -> Money | None:
     if (_COMPARISON.search(text) or _PARTIAL.search(text) or _is_list(mentions, text)
             or (repeated and _SEVERAL_CHARGES.search(text))):
         tiers = ["refund"]
+    balances = {m.money for m in mentions if "balance" in m.roles}
+    if len(balances) == 1 and _REFUND_REST.search(text) and not any("refund" in m.roles for m in mentions):
+        return balances.pop()  # "余额还剩187.3元，能不能把剩下的退给我"
     for role in tiers:
         pool = [m for m in mentions if role is None or role in m.roles]
         if role is None:  # a price per call or a plan's price is never the claim by itself

@@ -190,7 +190,10 @@ _PURCHASE_BEFORE = re.compile(
     r"\b(?:bought|buy|purchased?|purchasing|subscribed|ordered|signed up)\b"
     r"|购买|买的|买了|订阅|开通|下单|注册", re.IGNORECASE)
 # "downgraded to the free plan on 2026-11-01": a change of plan, not the charge
-_OTHER_VERB = re.compile(r"\b(?:registered|downgraded|upgraded|switched|signed up|cancell?ed)\b|注册|取消|降级", re.IGNORECASE)
+_OTHER_VERB = re.compile(r"\b(?:registered|downgraded|upgraded|switched|signed up|cancell?ed)\b|注册|取消|降级"
+                         r"|\binvoice\b[^,.;\n]{0,30}\bdated\b", re.IGNORECASE)
+# "十一月三十号已经扣过一次年费了，今天又扣": the earlier charge, not the one complained of
+_EARLIER_CHARGE_AFTER = re.compile(r"^\s{0,3}(?:已经|已)(?:扣|付|交|续)[^，,。！!\n]{0,6}过")
 _CHARGE_AFTER = re.compile(r"^\s{0,3}(?:被|又)?(?:重复|多)?(?:扣款|扣费|扣了|扣除|扣)")
 _PURCHASE_AFTER = re.compile(r"^\s*(?:购买|买的|买了|订阅|开通|下单|注册)")
 _OTHER_BEFORE = re.compile(r"\b(?:applied|submitted|wrote|replied|emailed|sent|forwarding|registered|"
@@ -593,6 +596,8 @@ def _role(text: str, start: int, end: int) -> str:
     before = _SENTENCE_BREAK.split(text[max(0, start - 40):start])[-1]
     before = _CLAUSE_BREAK.split(before)[-1]  # "bought on Nov 1, and since the 15th ..."
     after = text[end:end + 8]
+    if _EARLIER_CHARGE_AFTER.search(text[end:end + 16]):
+        return "other"
     if _CHARGE_AFTER.search(after):  # "购买的套餐于三天前扣款": the date of the charge itself
         return "incident"
     if _PURCHASE_BEFORE.search(before) or _PURCHASE_AFTER.search(after):
