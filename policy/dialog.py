@@ -52,8 +52,23 @@ def read(inbound: InboundMessage, now: datetime, tz: tzinfo) -> Reading:
     text = inbound.text or ""
     if not text.strip():
         return Reading()
-    fields = read_all(text, now, tz)
+    fields = read_all(reading_text(inbound), now, tz)
     return Reading(fields.fields, frozenset(read_labelled(text)), read_form(text), fields.candidates)
+
+
+FORWARDED_FILE = "forwarded-message.txt"  # where intake/email/parse.py sets a forwarded message aside
+
+
+def reading_text(inbound: InboundMessage) -> str:
+    """What the field reader reads: the customer's own words, and below them a message they
+    forwarded (intake sets it aside as a file): "forwarding my request from last week" holds
+    its amount and date only there. read_fields reads the forward only for what the own words
+    leave empty, and only when it is a person's letter, not a receipt or a notice."""
+    text = inbound.text or ""
+    forwarded = next((a.data for a in inbound.attachments if a.filename == FORWARDED_FILE and a.data), None)
+    if forwarded is None:
+        return text
+    return text + "\n\n" + forwarded.decode("utf-8", errors="replace")
 
 
 def style_of(channel: str) -> str:

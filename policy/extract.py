@@ -98,7 +98,7 @@ _DISTRACTORS = [re.compile(p, re.IGNORECASE) for p in (
     r"[\s_-]*(?:id|no\.?|number|num|#|号|编号|单号|号码)?\s*[:：#=]?\s*"
     rf"(?P<x>(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{{4,}}){_CURRENCY_AHEAD}",
     r"(?<![0-9])[0-9]{9,}(?![0-9])",
-    r"(?<![A-Za-z0-9$])[A-Za-z]+[-_][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*",
+    r"(?<![A-Za-z0-9$])(?!(?:utc|gmt)[+-][0-9])[A-Za-z]+[-_][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*",
     # Phone numbers: +86 138 0013 8000, 138-0013-8000, 415-555-0134, 0755-86001234.
     r"\+[0-9]{1,3}[\s-]?\(?[0-9]{1,4}\)?(?:[\s-]?[0-9]{2,4}){2,4}",
     r"(?<![0-9])1[3-9][0-9][\s-]?[0-9]{4}[\s-]?[0-9]{4}(?![0-9])",
@@ -175,7 +175,7 @@ _LABEL = re.compile(
     + "|".join(re.escape(lb).replace(r"\ ", r"\s*") for lb in sorted(_LABEL_FIELD, key=len, reverse=True))
     + r")[*_]*\s*[:：]", re.IGNORECASE | re.MULTILINE)
 _FREE_FORM = ("description", "reason")  # these run on; the others end at a sentence's end
-_VALUE_END = re.compile(r"[。！？；;!?，]|\.(?=\s|$)")
+_VALUE_END = re.compile(r"[。！？；;!?，]|\.(?=\s|$)|(?<=[^\s(（])[)）]")  # "账户（账号ID：900123）在...": stop at "）"
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,27 @@ def read_labelled(text: str) -> dict[str, str]:
     return dict(_prepare(text).labels)  # a copy: the prepared text is shared (cached)
 
 
+# Where a signature starts: a closing alone on its line ("Best regards", "Thanks, Anna", "此致").
+# What follows (titles, addresses, phones, "Founded 01.04.2009", office hours) is not the claim;
+# labelled lines below it ("Account ID: ...") are still read as labels.
+_CLOSING = re.compile(
+    r"^[ \t]{0,8}(?:(?:with\s)?(?:best|kind|warm|warmest|many)\s(?:regards|wishes|wish|thanks)|regards|best|"
+    r"thanks(?:\sand\sregards|\sa\s(?:lot|bunch|ton))?|thank\syou(?:\svery\smuch)?|many\sthanks|cheers|"
+    r"(?:yours\s)?(?:sincerely|faithfully|truly)|respectfully|best\swish(?:es)?|viele\sgrüße|"
+    r"此致|顺颂商祺|顺祝商祺|祝好|敬礼|谢谢|感谢)"
+    r"[ \t]{0,4}[,，.!！。]{0,3}(?:[ \t]{0,4}[A-Za-z\u4e00-\u9fff][^\n0-9,.:：]{0,40})?[ \t]{0,8}$"
+    r"|^[ \t]{0,8}(?:—|——|-{3,})[ \t—-]{0,40}(?:[A-Za-z\u4e00-\u9fff][^\n0-9]{0,40})?$",
+    re.MULTILINE | re.IGNORECASE)
+
+
+def _without_signature(free: str) -> str:
+    """The text above the first closing line that has the customer's words above it."""
+    for m in _CLOSING.finditer(free):
+        if free[:m.start()].strip():
+            return free[:m.start()]
+    return free
+
+
 @dataclass(frozen=True)
 class _Prepared:
     labels: dict[str, str]  # canonical field -> first non-empty labelled value
@@ -243,7 +264,7 @@ def _prepare(text: str) -> _Prepared:
     # A labelled value is read from its label; free-text readers must not count it again.
     # Descriptions stay: "Description: charged $12.50 twice yesterday" is free text.
     structured = [(h.start, h.end) for h in hits if h.field not in _FREE_FORM]
-    return _Prepared(labels, _blank(mask_distractors(body), structured))
+    return _Prepared(labels, _without_signature(_blank(mask_distractors(body), structured)))
 
 
 # ---------------------------------------------------------------- money and moments
@@ -268,7 +289,21 @@ def read_money(text: str, *, answer: bool = False) -> Money | None:
                 money = Money(money.amount, named.currency if named else None)
             return money
     free = _money_text(prepared.free)
-    return choose_amount(find_amounts(free, answer=answer), free)
+    money = choose_amount(find_amounts(free, answer=answer), free)
+    if money is None and not answer:
+        money = _money_in_pointed_row(text, free)
+    return money
+
+
+def _money_in_pointed_row(text: str, free: str) -> Money | None:
+    """"第三行那笔是盗刷，请退": the amount of the table row the customer points at."""
+    rows = _table_rows(strip_quoted(text), len(free))
+    data_rows = [i for i, (start, end) in enumerate(rows) if find_amounts(free[start:end], answer=True)]
+    row = _pointed_row(free, rows, data_rows) if data_rows else None
+    if row is None:
+        return None
+    amounts = {m.money for m in find_amounts(free[rows[row][0]:rows[row][1]])}
+    return amounts.pop() if len(amounts) == 1 else None
 
 
 def read_moment(text: str, now: datetime, tz: tzinfo, *, answer: bool = False) -> Moment | None:
@@ -280,7 +315,84 @@ def read_moment(text: str, now: datetime, tz: tzinfo, *, answer: bool = False) -
             return moment
     if answer:
         return parse_answer_moment(prepared.free, now, tz)
-    return choose_moment(find_moments(prepared.free, now, tz))
+    mentions = find_moments(prepared.free, now, tz)
+    rows = _table_rows(strip_quoted(text), len(prepared.free))
+    if rows and any(_row_of(m.start, rows) is not None for m in mentions):
+        return _moment_from_table(text, prepared.free, mentions, rows)
+    return choose_moment(mentions)
+
+
+# ---------------------------------------------------------------- tables of charges
+
+# A row of a pasted table: its cells are set apart by runs of spaces, tabs or bars.
+_CELL_GAP = re.compile(r" {2,40}|\t|\|")
+_TOTAL_ROW = re.compile(r"\b(?:total|sum|subtotal|balance)\b|合计|总计|一共|总额|余额", re.IGNORECASE)
+_CLOCK_ONLY = re.compile(r"[(（]?[0-9]{1,2}[:.][0-9]{2}[)）]?")
+_EN_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "1st": 1, "2nd": 2, "3rd": 3}
+# "第三行那笔是盗刷", "the second row": the customer points at one row of the table
+_ROW_POINTER = re.compile(r"第\s{0,2}([0-9]{1,2}|[一二三四五六七八九十]{1,3})\s{0,2}(?:行|笔|条|项)"
+                          r"|\b(?:the\s)?(first|second|third|fourth|fifth|1st|2nd|3rd)\s(?:row|line|entry)\b"
+                          r"|\b(?:row|line)\s{1,2}(?:#\s{0,2})?([0-9]{1,2})\b", re.IGNORECASE)
+
+
+def _table_rows(body: str, length: int) -> list[tuple[int, int]]:
+    """Where the lines of a pasted table are (not its totals), as spans of the prepared text."""
+    rows, pos = [], 0
+    for line in body.split("\n"):
+        if pos >= length:
+            break
+        if len(_CELL_GAP.findall(line.strip())) >= 2 and not _TOTAL_ROW.search(line):
+            rows.append((pos, min(pos + len(line), length)))
+        pos += len(line) + 1
+    return rows
+
+
+def _row_of(position: int, rows: list[tuple[int, int]]) -> int | None:
+    return next((i for i, (start, end) in enumerate(rows) if start <= position < end), None)
+
+
+def _pointed_row(free: str, rows: list[tuple[int, int]], data_rows: list[int]) -> int | None:
+    """The table row the customer's words point at by its place ("第三行", "the second row")."""
+    pointers = set()
+    for m in _ROW_POINTER.finditer(free):
+        if _row_of(m.start(), rows) is not None:
+            continue
+        word = m.group(1) or m.group(2) or m.group(3)
+        place = _EN_ORDINALS.get(word.lower()) or cn_number(word)
+        if place and place <= len(data_rows):
+            pointers.add(data_rows[place - 1])
+    return pointers.pop() if len(pointers) == 1 else None
+
+
+def _moment_from_table(text: str, free: str, mentions: list, rows: list[tuple[int, int]]) -> Moment | None:
+    """A table of charges names many dates: the customer's own sentence says which one, by a
+    date of its own, by the time of the row ("the second charge (09:03)"), by its place, or by
+    the amount claimed, which sits in one row."""
+    prose = [m for m in mentions if _row_of(m.start, rows) is None]
+    dated = [m for m in prose if not _CLOCK_ONLY.fullmatch(free[m.start:m.end].strip())]
+    moment = choose_moment(dated)
+    if moment is not None or dated:
+        return moment
+    by_row: dict[int, list] = {}
+    for m in mentions:
+        row = _row_of(m.start, rows)
+        if row is not None:
+            by_row.setdefault(row, []).append(m)
+    clocks = {m.moment.at.timetz().replace(tzinfo=None) for m in prose}
+    picked = {row for row, found in by_row.items()
+              if any(m.moment.at.timetz().replace(tzinfo=None) in clocks and not m.moment.date_only for m in found)}
+    if not picked:
+        pointed = _pointed_row(free, rows, sorted(by_row))
+        picked = {pointed} if pointed is not None else set()
+    if not picked:
+        money = read_money(text)
+        if money is not None:
+            masked = _money_text(free)
+            picked = {row for row in by_row
+                      if any(a.money.amount == money.amount for a in find_amounts(masked[rows[row][0]:rows[row][1]], answer=True))}
+    if len(picked) == 1:
+        return choose_moment(by_row[picked.pop()])
+    return choose_moment(mentions)
 
 
 def read_purchase_moment(text: str, now: datetime, tz: tzinfo) -> Moment | None:
@@ -467,14 +579,72 @@ def read_all(text: str, now: datetime, tz: tzinfo) -> FieldReading:
     return FieldReading(fields, candidates)
 
 
+def _named_currency(text: str, money: Money | None) -> str | None:
+    """The currency of the mail when the chosen amount names none, or no amount was chosen:
+    that of the same amount written elsewhere ("¥927.50 ... 请退这927.5"), else the one currency
+    every amount of the mail is written in ("$30 and $45, one of them is wrong")."""
+    free = _money_text(_prepare(text).free)
+    mentions = [m for m in find_amounts(free) if m.money.currency]
+    same = {m.money.currency for m in mentions if money is not None and m.money.amount == money.amount}
+    named = same or {m.money.currency for m in mentions}
+    return named.pop() if len(named) == 1 else None
+
+
+_FORWARD_MARKER = re.compile(
+    r"^[ \t]{0,8}(?:-{2,40}[ \t]{0,4}(?:Forwarded message|Original Message|转发的邮件|转发邮件信息|转发邮件|"
+    r"原始邮件|轉寄郵件)[ \t]{0,4}-{2,40}|Begin forwarded message[ \t]{0,4}:)[ \t]{0,8}$", re.MULTILINE | re.IGNORECASE)
+_FORWARD_HEADER = re.compile(
+    r"[ \t]{0,8}\*?(?P<name>from|date|sent|to|cc|subject|发件人|寄件者|发送时间|发送日期|时间|日期|收件人|抄送|主题)"
+    r"\*?[ \t]{0,4}[:：](?P<value>[^\n]{0,400})", re.IGNORECASE)
+# A forward from these is a receipt, a bill or a notice: its totals are not the claim (SPEC).
+_MACHINE_SENDER = re.compile(r"no-?reply|do-?not-?reply|billing|invoice|receipt|notif|notice|alert|"
+                             r"service|system|mailer|bank|账单|通知|银行|客服", re.IGNORECASE)
+_FORWARD_FIELDS = ("amount", "currency", "incident_at", "incident_date_only")
+
+
+def _forwarded_request(text: str) -> str | None:
+    """The body of a letter the customer forwarded (their own earlier request, a colleague's
+    note), without its header lines; None when there is none or it comes from a machine."""
+    marker = _FORWARD_MARKER.search(text)
+    if marker is None:
+        return None
+    lines = text[marker.end():].split("\n")
+    sender, body_start = "", len(lines)
+    for index, line in enumerate(lines):
+        header = _FORWARD_HEADER.fullmatch(line)
+        if header:
+            sender = header.group("value") if header.group("name").lower() in ("from", "发件人", "寄件者") else sender
+        elif line.strip():
+            body_start = index
+            break
+    if not sender or _MACHINE_SENDER.search(sender):
+        return None
+    return "\n".join(lines[body_start:])
+
+
 def read_fields(text: str, now: datetime, tz: tzinfo) -> dict[str, str]:
-    """Every field the text makes certain, as strings (see FIELD_NAMES); absent otherwise."""
+    """Every field the text makes certain, as strings (see FIELD_NAMES); absent otherwise.
+
+    A letter forwarded below the customer's words fills the amount and the date they leave empty."""
+    fields = _read_own_fields(text, now, tz)
+    forwarded = _forwarded_request(text)
+    if forwarded:
+        earlier = _read_own_fields(forwarded, now, tz)
+        if "amount" not in fields and "currency" not in fields:
+            fields.update({k: earlier[k] for k in ("amount", "currency") if k in earlier})
+        if "incident_at" not in fields:
+            fields.update({k: earlier[k] for k in ("incident_at", "incident_date_only") if k in earlier})
+    return fields
+
+
+def _read_own_fields(text: str, now: datetime, tz: tzinfo) -> dict[str, str]:
     fields: dict[str, str] = {}
     money = read_money(text)
     if money is not None:
         fields["amount"] = _plain(money.amount)
-        if money.currency:
-            fields["currency"] = money.currency
+    currency = money.currency if money is not None and money.currency else _named_currency(text, money)
+    if currency:
+        fields["currency"] = currency
     moment = read_moment(text, now, tz)
     if moment is not None:
         fields["incident_at"] = moment.at.isoformat()

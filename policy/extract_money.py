@@ -68,22 +68,42 @@ _MONEY = re.compile(
     rf"(?<![A-Za-z0-9_.,/:])(?:(?P<pre>{_alternation(_PREFIXES)})\s*)?(?P<num>{_NUM})"
     r"(?P<mult>\s*[万千](?=\s*[元块美人])|[kK]\b)?"
     rf"\s*(?P<post>{_alternation(CURRENCY_WORDS, after_number=True)})?", re.IGNORECASE)
-_MONEY_CN = re.compile(r"(?P<num>[零一二两三四五六七八九十百千万]{1,8})\s*(?P<post>美元|美金|元|块钱|块)(?!儿)")
+_MONEY_CN = re.compile(r"(?P<num>[零一二两三四五六七八九十百千万]{1,8})\s*(?P<post>美元|美金|元|块钱|块)(?!儿)"
+                       r"(?:(?P<jiao>[一二三四五六七八九])(?![零一二两三四五六七八九十百千万]|\s{0,2}[次个天号]))?")
+# "12块5": five jiao after the kuai, read as 12.5
+_KUAI_JIAO = re.compile(r"(?<![0-9.])(?P<num>[0-9]{1,6})块(?P<jiao>[1-9])(?![0-9.]|\s{0,2}[次个天号毛角分])")
+# English number words: "twelve dollars fifty", "fifty bucks", "a hundred euros"
+_EN_UNITS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen".split())}
+_EN_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i >= 2}
+_EN_WORD = "|".join(sorted([*_EN_UNITS, *_EN_TENS, "hundred", "thousand", "a", "and"], key=len, reverse=True))
+_EN_CENTS_WORD = "|".join(sorted([*_EN_UNITS, *_EN_TENS], key=len, reverse=True))
+_MONEY_WORDS = re.compile(
+    rf"\b(?P<num>(?:(?:{_EN_WORD})[ -]){{0,6}}(?:{_EN_WORD}))\s(?P<post>dollars?|bucks?|euros?|yuan|usd|eur|rmb)\b"
+    rf"(?:\s(?:and\s)?(?P<cents>(?:{_EN_CENTS_WORD})(?:[ -](?:{_EN_CENTS_WORD}))?)(?:\scents?)?\b)?",
+    re.IGNORECASE)
 
 # A bare number counts as money only right after one of these (or in an answer).
 _MONEY_VERB = re.compile(
     r"(?:\bcharged|\bcharge of|\bbilled|\bdeducted|\bdebited|\brefund(?:ed)?|\brefund of|\bpaid|"
     r"\bspent|\blost|\bcost(?: me)?|扣了我?|扣费|扣款|扣除了?|被扣了?|多扣了?|扣|退款|退还|退回|退|"
     r"充值了?|充了|付了|支付了?|花了|损失了?|金额是|金额为)"
-    r"\s*(?:me\s+|of\s+|for\s+|about\s+|around\s+|approx\.?\s+|roughly\s+|大概|大约|约)*$",
+    r"\s*(?:me\s+|of\s+|for\s+|the\s+|about\s+|around\s+|approx\.?\s+|roughly\s+|大概|大约|约|这笔?|那笔?)*$"
+    r"|\bfee of\s{0,3}$|\bamount of\s{0,3}$|[这那]笔\s{0,3}$",  # "凌晨2点那笔36.8是啥"
     re.IGNORECASE)
+_REFUND_AFTER = re.compile(r"\s{0,2}(?:退|refund)", re.IGNORECASE)  # "多的450退我吧"
 # What follows a number that is not money: counts, durations, ranges, rough sizes.
 _NOT_MONEY_AFTER = re.compile(
     r"^\s*(?:times?\b|x\b|×|次|个|条|张|tokens?|calls?|requests?|%|％|percent|hours?|hrs?|days?|"
     r"weeks?|months?|minutes?|小时|天|周|分钟|多|余|来|几|\+|年|月|日|号|点|:|/)", re.IGNORECASE)
+# A coupon's or voucher's value is no charge, even with its sign ("I had a $5 coupon from you").
+_DISCOUNT_AFTER = re.compile(
+    r"^\s{0,3}(?:off\s{0,3})?(?:coupons?|vouchers?|promo|gift\s{0,3}cards?|discount)\b|^\s{0,3}(?:优惠券|代金券|抵扣券)",
+    re.IGNORECASE)
 
 _ROLE_WORDS = {
-    "refund": r"\brefund|\breimburs|money back|\bback\b|退款|退还|退回|退给|退我|返还|退",
+    "refund": r"\brefund|\breimburs|money back|\bback\b|\bowe\b|\brevers|退款|退还|退回|退给|退我|返还|退|要回",
     "total": r"\btotal|altogether|in all|总共|一共|合计|总计|累计|共计|=\s*$",
     "charge": r"\bcharg|\bbill|deduct|debit|\btook\b|\btaken\b|\bate\b|\blost\b|\bcost|扣|少了|损失|多收|被收",
     "unit": r"\beach\b|\bper\b|apiece|every time|每次|每个|每笔|每条",
@@ -102,8 +122,13 @@ _COMPARISON = re.compile(
 _PARTIAL = re.compile(r"\bpartial|pro[- ]?rat|按比例|部分退款|退一部分|折算", re.IGNORECASE)
 # "charged $8 ... another $8, both for jobs that never ran": several charges, total unwritten.
 _SEVERAL_CHARGES = re.compile(r"\b(?:both|all of them|each of them)\b|都是|两笔都|全部都|都没", re.IGNORECASE)
+_REFUND_REST = re.compile(
+    r"(?:剩下的|剩余的?|余额)\s{0,3}(?:都|全部)?\s{0,3}退|退\s{0,3}(?:回|还)?\s{0,3}(?:剩下的|剩余的?|余额)"
+    r"|\brefund\s(?:the\s|my\s)?(?:rest|remaining|remainder|balance|unused)"
+    r"|\b(?:the\s)?(?:rest|remainder|remaining balance|balance)\s(?:back|refunded)\b", re.IGNORECASE)
 _LIST_GAP = re.compile(r"\s*(?:,|，|、|\+|&|and|和|及|以及)\s*(?:and\s*)?", re.IGNORECASE)
-_CLAUSE_BREAK = re.compile(r"[。！？；;!?\n，,]|\.(?=\s|$)")
+_CLAUSE_BREAK = re.compile(r"[。！？；;!?\n，,]|\.(?=\s|$)|(?<=[\u4e00-\u9fff0-9])[ \t](?=[\u4e00-\u9fff])")
+_SENTENCE_BREAK = re.compile(r"[。！？!?\n]|\.(?=\s|$)")
 
 
 def to_decimal(number_text: str) -> Decimal | None:
@@ -125,10 +150,12 @@ def _mention_from(m: re.Match, text: str, *, answer: bool) -> AmountMention | No
         return None
     if not (pre or post):
         before = text[max(0, m.start() - 24):m.start()]
-        if not answer and not _MONEY_VERB.search(before):
+        if not answer and not _MONEY_VERB.search(before) and not _REFUND_AFTER.match(text[m.end():m.end() + 6]):
             return None
         if _NOT_MONEY_AFTER.match(text[m.end():m.end() + 10]):
             return None
+    if _DISCOUNT_AFTER.match(text[m.end():m.end() + 24]):
+        return None
     amount = to_decimal(m.group("num"))
     if amount is None:
         return None
@@ -138,14 +165,20 @@ def _mention_from(m: re.Match, text: str, *, answer: bool) -> AmountMention | No
     if pre and post and _currency(pre) != _currency(post) and post not in ("元", "块"):
         return None  # "$12 RMB": contradictory, let a human read it
     currency = _currency(pre) or _currency(post)
-    return AmountMention(m.start(), m.end(), Money(amount, currency), _roles(text, m.start(), m.end()))
+    end = m.start() + len(m.group(0).rstrip())  # the optional currency's \s* may have run over a line end
+    return AmountMention(m.start(), end, Money(amount, currency), _roles(text, m.start(), end))
 
 
 def _roles(text: str, start: int, end: int) -> frozenset[str]:
-    before = _CLAUSE_BREAK.split(text[max(0, start - 40):start])[-1]
-    after = _CLAUSE_BREAK.split(text[end:end + 16])[0]
+    clauses = _CLAUSE_BREAK.split(text[max(0, start - 40):start])
+    before, after = clauses[-1], _CLAUSE_BREAK.split(text[end:end + 16])[0]
     roles = {role for role, pattern in _ROLE_PATTERNS.items()
              if pattern.search(before) or (role != "topup" and pattern.search(after))}
+    # "Please refund the difference, RMB 128", "全部退给我，一共3500元": asked back one clause earlier
+    lead = _SENTENCE_BREAK.split(text[max(0, start - 40):start])[-1]
+    if len(clauses) > 1 and _ROLE_PATTERNS["refund"].search(clauses[-2]) \
+            and len(lead) > len(before) and not (roles & {"balance", "unit", "charge", "topup"}):
+        roles.add("refund")
     if _PRICE_AFTER.match(text[end:end + 24]):
         roles.add("price")
     return frozenset(roles)
@@ -160,10 +193,38 @@ def find_amounts(text: str, *, answer: bool = False) -> list[AmountMention]:
     for m in _MONEY_CN.finditer(text):
         value = cn_number(m.group("num"))
         if value and not any(f.start <= m.start() < f.end for f in found):
-            found.append(AmountMention(m.start(), m.end(), Money(Decimal(value), _currency(m.group("post"))),
+            amount = Decimal(value) + (Decimal(cn_number(m.group("jiao"))) / 10 if m.group("jiao") else 0)
+            found.append(AmountMention(m.start(), m.end(), Money(amount, _currency(m.group("post"))),
+                                       _roles(text, m.start(), m.end())))
+    for m in _KUAI_JIAO.finditer(text):
+        found = [f for f in found if not m.start() <= f.start < m.end()]  # "12块" alone was read first
+        amount = Decimal(m.group("num")) + Decimal(m.group("jiao")) / 10
+        found.append(AmountMention(m.start(), m.end(), Money(amount, "CNY"), _roles(text, m.start(), m.end())))
+    for m in _MONEY_WORDS.finditer(text):
+        value = _en_number(m.group("num"))
+        if value and not any(f.start <= m.start() < f.end for f in found):
+            cents = _en_number(m.group("cents")) if m.group("cents") else 0
+            amount = Decimal(value) + (Decimal(cents) / 100 if cents and cents < 100 else 0)
+            found.append(AmountMention(m.start(), m.end(), Money(amount, _currency(m.group("post"))),
                                        _roles(text, m.start(), m.end())))
     # An amount of zero is a balance or a price of nothing, never a refund.
     return sorted((f for f in found if f.money.amount > 0), key=lambda f: f.start)
+
+
+def _en_number(words: str) -> int | None:
+    """'twelve' -> 12, 'a hundred and fifty' -> 150, 'twenty-five' -> 25; None without a number word."""
+    total, current, seen = 0, 0, False
+    for word in re.split(r"[ -]", words.lower()):
+        if word in _EN_UNITS or word in _EN_TENS:
+            current += _EN_UNITS.get(word, 0) + _EN_TENS.get(word, 0)
+            seen = True
+        elif word == "a":
+            current += 1
+        elif word == "hundred":
+            current, seen = max(current, 1) * 100, True
+        elif word == "thousand":
+            total, current, seen = total + max(current, 1) * 1000, 0, True
+    return total + current if seen else None
 
 
 def choose_amount(mentions: list[AmountMention], text: str) -> Money | None:
@@ -179,8 +240,13 @@ def choose_amount(mentions: list[AmountMention], text: str) -> Money | None:
     if (_COMPARISON.search(text) or _PARTIAL.search(text) or _is_list(mentions, text)
             or (repeated and _SEVERAL_CHARGES.search(text))):
         tiers = ["refund"]
+    balances = {m.money for m in mentions if "balance" in m.roles}
+    if len(balances) == 1 and _REFUND_REST.search(text) and not any("refund" in m.roles for m in mentions):
+        return balances.pop()  # "余额还剩187.3元，能不能把剩下的退给我"
     for role in tiers:
         pool = [m for m in mentions if role is None or role in m.roles]
+        if role is None:  # a price per call or a plan's price is never the claim by itself
+            pool = [m for m in pool if not m.roles & {"unit", "price"}] or pool
         if role is not None and tiers == ["refund"]:
             pool = [m for m in pool if "price" not in m.roles]
         amounts = {m.money.amount for m in pool}

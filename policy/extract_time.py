@@ -56,6 +56,7 @@ class _Clock:
     second: int = 0
     part: str | None = None
     offset: timedelta | None = None  # "UTC", "+08:00" written after the time
+    bare: bool = False  # "at 9": a time only beside a part of day ("this morning at 9")
 
 
 # ---------------------------------------------------------------- vocabulary
@@ -82,7 +83,7 @@ _MONTHS = (r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|au
 _RELATIVE_DAYS = {  # word -> (days back, part of day)
     "today": (0, None), "earlier today": (0, None), "this morning": (0, "morning"),
     "this afternoon": (0, "afternoon"), "this evening": (0, "evening"), "tonight": (0, "evening"),
-    "yesterday": (1, None), "last night": (1, "evening"), "the day before yesterday": (2, None),
+    "yesterday": (1, None), "yday": (1, None), "yest": (1, None), "last night": (1, "evening"), "the day before yesterday": (2, None),
     "day before yesterday": (2, None), "tomorrow": (-1, None),
     "今天": (0, None), "今日": (0, None), "今儿": (0, None), "今早": (0, "morning"),
     "今晨": (0, "morning"), "今晚": (0, "evening"), "昨天": (1, None), "昨日": (1, None),
@@ -127,7 +128,7 @@ _ISO_TIMESTAMP = re.compile(
     rf"(Z|[+-]{D}{{2}}:?{D}{{2}})?")
 _YMD = re.compile(rf"(?<!{D})((?:19|20){D}{{2}})\s*[-/.年]\s*({D}{{1,2}})\s*[-/.月]\s*({D}{{1,2}})"
                   rf"(?:\s*[日号])?(?!{D})")
-_DMY = re.compile(rf"(?<![0-9/.])({D}{{1,2}})([/.])({D}{{1,2}})\2((?:19|20)?{D}{{2}})(?![0-9/.])")
+_DMY = re.compile(rf"(?<![0-9/.])({D}{{1,2}})([/.])({D}{{1,2}})\2((?:19|20)?{D}{{2}})(?![0-9/]|\.[0-9])")
 _MD_ZH = re.compile(rf"(?<!{D})({D}{{1,2}}|{CN_NUM}{{1,3}})\s*月\s*({D}{{1,2}}|{CN_NUM}{{1,3}})\s*[日号]")
 _MD_SLASH = re.compile(rf"(?<![0-9/.:-])({D}{{1,2}})[/-]({D}{{1,2}})(?![0-9/%-])")
 _MONTH_NAME = re.compile(
@@ -136,12 +137,12 @@ _MONTH_NAME = re.compile(
     rf"|(?:{_MONTHS})\b\.?\s+{D}{{1,2}}(?:st|nd|rd|th)?\b)(?:,?\s+((?:19|20){D}{{2}})\b)?",
     re.IGNORECASE)
 _ORDINAL_DAY = re.compile(  # "the 3rd time" is no date: only after a date preposition
-    rf"\b(?:on|since|from|dated|until|till|before|after|by)\s+the\s+({D}{{1,2}})(?:st|nd|rd|th)\b",
+    rf"\b(?:on|since|from|dated|until|till|before|after|by)\s+the\s+({D}{{1,2}})(?:st|nd|rd|th)\b(?!\s{{1,3}}of\s)",
     re.IGNORECASE)
 _DAY_ZH = re.compile(rf"(?<![0-9月])({D}{{1,2}})\s*号(?!码)")
 _DAY_OF_MONTH_ZH = re.compile(rf"(本月|这个月|上个?月)\s*({D}{{1,2}})\s*[日号]")
 _RELATIVE = re.compile(
-    r"\b(?:the\s+)?day before yesterday\b|\byesterday(?:\s+(?:morning|afternoon|evening|night))?\b"
+    r"\b(?:the\s+)?day before yesterday\b|\byesterday(?:\s+(?:morning|afternoon|evening|night))?\b|\by(?:est|day)\b"
     r"|\bthis\s+(?:morning|afternoon|evening)\b|\btonight\b|\blast night\b|\b(?:earlier\s+)?today\b"
     r"|\btomorrow\b|大前天|前天|前晚|昨天|昨日|昨儿|昨晚|昨夜|今天|今日|今儿|今早|今晨|今晚|明天|明晚|(?<!以)后天",
     re.IGNORECASE)
@@ -170,11 +171,18 @@ _CLOCK_ZH = re.compile(  # "昨晚" is a date phrase: its "晚" must not start a
     rf"(?:\s{{0,3}}(?P<minute>{D}{{1,2}}|{CN_NUM}{{1,3}})\s{{0,3}}分|(?P<minute2>{D}{{2}})(?![0-9]|\s{{0,3}}[元块%])"
     r"|\s{0,3}(?P<half>半)|\s{0,3}(?P<quarter>一刻|三刻))?")
 _CLOCK_WORD = re.compile(r"\b(noon|midnight)\b", re.IGNORECASE)
-_CLOCK_EN_PHRASE = re.compile(rf"(?<![0-9:.])({D}{{1,2}})(?::({D}{{2}}))?\s+(?:o'?clock\s+)?"
+_CLOCK_EN_PHRASE = re.compile(rf"(?<![0-9:.])({D}{{1,2}})(?:[:.]({D}{{2}}))?\s{{1,3}}(?:o'?clock\s{{1,3}})?"
                               r"(?:in the (morning|afternoon|evening)|at (night))\b", re.IGNORECASE)
+# "afternoon 3 o'clock" (a Chinese word order in English), "morning 9:15"
+_CLOCK_PART_FIRST = re.compile(rf"\b(morning|afternoon|evening|night)\s{{1,3}}({D}{{1,2}})(?:[:.]({D}{{2}}))?"
+                               r"\s{0,3}o'?clock\b", re.IGNORECASE)
+# "this morning at 9", "yesterday evening around 9": kept only beside a phrase with a part of day
+_CLOCK_BARE = re.compile(rf"\b(?:at|around|about)\s{{1,3}}({D}{{1,2}})(?![0-9:.,a-z]|\s{{0,2}}(?:[ap]\.?m\b|%|"
+                         r"percent|hours?|hrs?|minutes?|mins?|days?|times?|calls?|requests?|gb|tokens?|"
+                         r"dollars?|bucks|euros?|usd|eur|rmb|cny|元|块|美元)\b)", re.IGNORECASE)
 
 # Words allowed between a date and its time: "yesterday at around 3pm", "11月20日晚上8点".
-_PAIR_GAP = re.compile(r"[\s,，(（]*(?:(?:at|on|around|about|approx\.?|approximately|roughly|~|"
+_PAIR_GAP = re.compile(r"[\s,，(（]*(?:(?:at|on|around|about|approx\.?|approximately|roughly|~|from|since|"
                        r"in the|的|左右|大概|大约|约|于|在)[\s,，]*)*", re.IGNORECASE)
 _RANGE_GAP = re.compile(r"\s*(?:-|–|—|~|to|until|till|through|and|到|至|－)\s*", re.IGNORECASE)
 _RANGE_OPENER = re.compile(r"(?:between|from|从)\s*$", re.IGNORECASE)
@@ -183,11 +191,19 @@ _CLAUSE_BREAK = re.compile(r"[,，]|\b(?:and|but)\b|但是?|并且|然后", re.I
 _PURCHASE_BEFORE = re.compile(
     r"\b(?:bought|buy|purchased?|purchasing|subscribed|ordered|signed up)\b"
     r"|购买|买的|买了|订阅|开通|下单|注册", re.IGNORECASE)
+# "downgraded to the free plan on 2026-11-01": a change of plan, not the charge
+_OTHER_VERB = re.compile(r"\b(?:registered|downgraded|upgraded|switched|signed up|cancell?ed)\b|注册|取消|降级"
+                         r"|\binvoice\b[^,.;\n]{0,30}\bdated\b", re.IGNORECASE)
+# "十一月三十号已经扣过一次年费了，今天又扣": the earlier charge, not the one complained of
+_EARLIER_CHARGE_AFTER = re.compile(r"^\s{0,3}(?:已经|已)(?:扣|付|交|续)[^，,。！!\n]{0,6}过")
+_CHARGE_AFTER = re.compile(r"^\s{0,3}(?:被|又)?(?:重复|多)?(?:扣款|扣费|扣了|扣除|扣)")
 _PURCHASE_AFTER = re.compile(r"^\s*(?:购买|买的|买了|订阅|开通|下单|注册)")
-_OTHER_BEFORE = re.compile(r"\b(?:applied|submitted|wrote|replied|emailed|ticket|deadline|due|"
+_OTHER_BEFORE = re.compile(r"\b(?:applied|submitted|wrote|replied|emailed|sent|forwarding|registered|"
+                           r"(?:mail|message|letter|request) from|ticket|deadline|due|invoice|"
+                           r"downgraded|upgraded|switched|"
                            r"by|before|until|expires?|renewal|cancell?ed|refund request|application)\b|"
                            r"截止|之前回复|取消", re.IGNORECASE)
-_OTHER_AFTER = re.compile(r"^\s*(?:的)?\s*(?:退款)?(?:申请|提交|发的|回复|到期|截止|前回复|工单|取消)")
+_OTHER_AFTER = re.compile(r"^\s*(?:的)?\s*(?:已经|已)?\s*(?:退款)?(?:申请|提交|发的|回复|到期|截止|前回复|工单|取消)")
 
 
 _FUTURE_CUE = re.compile(r"\b(?:in|next|tomorrow|later|coming)\b|明天|后天|下周|下个|下星期|以后|之后",
@@ -426,6 +442,14 @@ def _clocks(text: str) -> list[_Clock]:
             found.append(_Clock(m.start(), m.end(), hour, minute, 0, part))
     for m in _CLOCK_WORD.finditer(text):
         found.append(_Clock(m.start(), m.end(), 12 if m.group(1).lower() == "noon" else 0, 0))
+    for m in _CLOCK_PART_FIRST.finditer(text):
+        part = _PARTS.get(m.group(1).lower())
+        hour, minute = _to_24h(int(m.group(2)), part), int(m.group(3) or 0)
+        if hour is not None and minute <= 59 and int(m.group(2)) <= 12:
+            found.append(_Clock(m.start(), m.end(), hour, minute, 0, part))
+    for m in _CLOCK_BARE.finditer(text):
+        if int(m.group(1)) <= 12:
+            found.append(_Clock(m.start(1), m.end(1), int(m.group(1)), 0, bare=True))
     return _without_overlaps(found)
 
 
@@ -458,7 +482,7 @@ def find_time_spans(text: str) -> list[tuple[int, int]]:
 
     Needs no `now`: it only locates, it does not resolve."""
     patterns = [pattern for pattern, _ in _DATE_READERS]
-    patterns += [_CLOCK_EN, _CLOCK_ZH, _CLOCK_EN_PHRASE, _CLOCK_WORD, _DURATION]
+    patterns += [_CLOCK_EN, _CLOCK_ZH, _CLOCK_EN_PHRASE, _CLOCK_PART_FIRST, _CLOCK_WORD, _DURATION]
     return [m.span() for pattern in patterns for m in pattern.finditer(text)
             if pattern is not _CLOCK_EN or m.group(2) or m.group(4)]
 
@@ -483,6 +507,8 @@ def _find_moments(text: str, now: datetime, tz: tzinfo, answer: bool, include_fu
     pairs = _pair(text, phrases, clocks)
     pairs = [p for p in pairs if not (p[0] and p[0].weak and not p[1] and not answer
                                       and not _weak_ok(text, p[0]))]
+    pairs = [(d, c) if not (c and c.bare) or (d and d.part) else (d, None)
+             for d, c in pairs if d or not (c and c.bare)]
     mentions = []
     for phrase, clock in _drop_range_ends(text, pairs):
         moment = _resolve(phrase, clock, now, tz)
@@ -572,9 +598,13 @@ def _role(text: str, start: int, end: int) -> str:
     before = _SENTENCE_BREAK.split(text[max(0, start - 40):start])[-1]
     before = _CLAUSE_BREAK.split(before)[-1]  # "bought on Nov 1, and since the 15th ..."
     after = text[end:end + 8]
+    if _EARLIER_CHARGE_AFTER.search(text[end:end + 16]):
+        return "other"
+    if _CHARGE_AFTER.search(after):  # "购买的套餐于三天前扣款": the date of the charge itself
+        return "incident"
     if _PURCHASE_BEFORE.search(before) or _PURCHASE_AFTER.search(after):
         return "purchase"
-    if _OTHER_BEFORE.search(before[-14:]) or _OTHER_AFTER.search(after):
+    if _OTHER_BEFORE.search(before[-14:]) or _OTHER_AFTER.search(after) or _OTHER_VERB.search(before):
         return "other"
     return "incident"
 

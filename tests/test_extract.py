@@ -475,7 +475,9 @@ def test_read_fields_returns_documented_strings():
 
 def test_read_fields_leaves_out_what_it_is_not_sure_of():
     fields = read_fields("I topped up $100 and now I'm at $12.40. acct 55120", NOW, SHANGHAI)
-    assert fields == {"account_id": "55120"}
+    # Which amount is claimed is unsure; the currency every amount is written in is not.
+    assert fields == {"account_id": "55120", "currency": "USD"}
+    assert "currency" not in read_fields("I paid $10 and ¥50, refund one", NOW, SHANGHAI)
     assert "description" not in read_fields("I was charged twice yesterday, please help", NOW, SHANGHAI)
     assert read_fields("ap-000045 is my appeal", NOW, SHANGHAI) == {"case_ref": "AP-000045"}
 
