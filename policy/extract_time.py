@@ -177,13 +177,15 @@ _CLOCK_EN_PHRASE = re.compile(rf"(?<![0-9:.])({D}{{1,2}})(?:[:.]({D}{{2}}))?\s{{
 _CLOCK_PART_FIRST = re.compile(rf"\b(morning|afternoon|evening|night)\s{{1,3}}({D}{{1,2}})(?:[:.]({D}{{2}}))?"
                                r"\s{0,3}o'?clock\b", re.IGNORECASE)
 # "this morning at 9", "yesterday evening around 9": kept only beside a phrase with a part of day
-_CLOCK_BARE = re.compile(rf"\b(?:at|around|about)\s{{1,3}}({D}{{1,2}})(?![0-9:.,a-z]|\s{{0,2}}(?:[ap]\.?m\b|%|"
+_CLOCK_BARE = re.compile(rf"\b(?:at|around|about)\s{{1,3}}({D}{{1,2}})(?![0-9:a-z]|[.,][0-9]|\s{{0,2}}(?:[ap]\.?m\b|%|"
                          r"percent|hours?|hrs?|minutes?|mins?|days?|times?|calls?|requests?|gb|tokens?|"
                          r"dollars?|bucks|euros?|usd|eur|rmb|cny|元|块|美元)\b)", re.IGNORECASE)
 
 # Words allowed between a date and its time: "yesterday at around 3pm", "11月20日晚上8点".
 _PAIR_GAP = re.compile(r"[\s,，(（]*(?:(?:at|on|around|about|approx\.?|approximately|roughly|~|from|since|"
-                       r"in the|的|左右|大概|大约|约|于|在)[\s,，]*)*", re.IGNORECASE)
+                       r"in the|的|左右|大概|大约|约|于|在|"
+                       # "Dec 28 night 11pm": a part of the day between the date and its clock
+                       r"(?:in the |at )?(?:morning|afternoon|evening|night))[\s,，]*)*", re.IGNORECASE)
 _RANGE_GAP = re.compile(r"\s*(?:-|–|—|~|to|until|till|through|and|到|至|－)\s*", re.IGNORECASE)
 _RANGE_OPENER = re.compile(r"(?:between|from|从)\s*$", re.IGNORECASE)
 _SENTENCE_BREAK = re.compile(r"[。！？；!?;\n]|\.(?=\s|$)")
@@ -192,7 +194,8 @@ _PURCHASE_BEFORE = re.compile(
     r"\b(?:bought|buy|purchased?|purchasing|subscribed|ordered|signed up)\b"
     r"|购买|买的|买了|订阅|开通|下单|注册", re.IGNORECASE)
 # "downgraded to the free plan on 2026-11-01": a change of plan, not the charge
-_OTHER_VERB = re.compile(r"\b(?:registered|downgraded|upgraded|switched|signed up|cancell?ed)\b|注册|取消|降级"
+_OTHER_VERB = re.compile(r"\b(?:registered|downgraded|upgraded|switched|signed up|cancell?ed|turned off|disabled)\b"
+                         r"|注册|取消|降级|关闭|关掉"
                          r"|\binvoice\b[^,.;\n]{0,30}\bdated\b", re.IGNORECASE)
 # "十一月三十号已经扣过一次年费了，今天又扣": the earlier charge, not the one complained of
 _EARLIER_CHARGE_AFTER = re.compile(r"^\s{0,3}(?:已经|已)(?:扣|付|交|续)[^，,。！!\n]{0,6}过")
@@ -202,8 +205,15 @@ _OTHER_BEFORE = re.compile(r"\b(?:applied|submitted|wrote|replied|emailed|sent|f
                            r"(?:mail|message|letter|request) from|ticket|deadline|due|invoice|"
                            r"downgraded|upgraded|switched|"
                            r"by|before|until|expires?|renewal|cancell?ed|refund request|application)\b|"
-                           r"截止|之前回复|取消", re.IGNORECASE)
+                           r"截止|之前回复|取消"
+                           # "The charge was Nov 14, not Nov 12": the date corrected away
+                           r"|\bnot\s{1,3}(?:on\s{1,3})?(?:the\s{1,3})?$|不是\s{0,2}$", re.IGNORECASE)
 _OTHER_AFTER = re.compile(r"^\s*(?:的)?\s*(?:已经|已)?\s*(?:退款)?(?:申请|提交|发的|回复|到期|截止|前回复|工单|取消)")
+
+
+# "I want the 86.40 refunded TODAY": when the customer wants it, not when it happened
+_TODAY = re.compile(r"today|now|今天|今日", re.IGNORECASE)
+_DEMAND_BEFORE = re.compile(r"\b(?:refund(?:ed)?|back|want|need|return(?:ed)?)\b|退|还给|要", re.IGNORECASE)
 
 
 _FUTURE_CUE = re.compile(r"\b(?:in|next|tomorrow|later|coming)\b|明天|后天|下周|下个|下星期|以后|之后",
@@ -598,6 +608,8 @@ def _role(text: str, start: int, end: int) -> str:
     before = _SENTENCE_BREAK.split(text[max(0, start - 40):start])[-1]
     before = _CLAUSE_BREAK.split(before)[-1]  # "bought on Nov 1, and since the 15th ..."
     after = text[end:end + 8]
+    if _TODAY.fullmatch(text[start:end]) and _DEMAND_BEFORE.search(before):
+        return "other"
     if _EARLIER_CHARGE_AFTER.search(text[end:end + 16]):
         return "other"
     if _CHARGE_AFTER.search(after):  # "购买的套餐于三天前扣款": the date of the charge itself

@@ -26,15 +26,19 @@ FULL_WIDTH = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)},
 # These passes read the whole text, before the cap. Each is one character class, repeated, so
 # Python's engine cannot backtrack in it. (RE2's Python binding substitutes ~75 times slower
 # per match: measured 3.4 s against 45 ms on a megabyte of blank lines.)
-_SPACES = re.compile(r"[^\S\n]+")  # every whitespace but the line break: tabs, NBSP, U+3000...
-_LINE_EDGES = re.compile(r" ?\n ?")
+_OTHER_SPACES = re.compile(r"[^\S\n ]+")  # every whitespace but the line break and space: tabs, NBSP, U+3000...
+# A gap of two or more is kept as two: it is how a pasted or converted table sets its cells apart.
+_WIDE_GAPS = re.compile(r" {3,}")
+_LINE_EDGES = re.compile(r" {0,2}\n {0,2}")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
 def normalize(text: str) -> str:
-    """Line breaks as \\n, full-width forms folded, every run of other whitespace one space,
-    no space at a line's ends, and at most one blank line in a row."""
+    """Line breaks as \\n, full-width forms folded, every run of other whitespace one space, or
+    two where it was wider (a table's cell gap), no space at a line's ends, and at most one
+    blank line in a row."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(FULL_WIDTH)
-    text = _SPACES.sub(" ", text)
+    text = _OTHER_SPACES.sub(lambda gap: "  " if len(gap.group()) > 1 else " ", text)
+    text = _WIDE_GAPS.sub("  ", text)
     text = _LINE_EDGES.sub("\n", text)
     return _BLANK_LINES.sub("\n\n", text)

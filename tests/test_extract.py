@@ -277,6 +277,12 @@ def test_read_moment_asks_when_two_times_compete(text):
     ("renewed yesterday even though I cancelled on Nov 10", "2026-11-21T00:00", True),
     ("yesterday 3pm, yes yesterday at 15:00", "2026-11-21T15:00", False),
     ("yesterday ... at 3pm yesterday", "2026-11-21T15:00", False),
+    ("The charge was Nov 14, not Nov 12.", "2026-11-14T00:00", True),
+    ("it happened on Nov 21, not on the 20th", "2026-11-21T00:00", True),
+    ("spent 86.40 yesterday at 3:40am. I want it refunded TODAY", "2026-11-21T03:40", False),
+    ("renewed on Oct 2 although I turned off auto-renew on Sep 20", "2026-10-02T00:00", True),
+    ("charged double yesterday evening around 9, each one USD 49", "2026-11-21T21:00", False),
+    ("On Nov 20 night 11pm my token was stolen", "2026-11-20T23:00", False),
 ])
 def test_read_moment_takes_range_starts_and_skips_other_dates(text, expected, date_only):
     assert read_moment(text, NOW, SHANGHAI) == Moment(at(expected), date_only)
@@ -557,3 +563,15 @@ def test_read_all_lists_what_the_reader_chose_between_and_nothing_when_there_was
     labelled = "Amount: 12 USD\nI topped up 50 USD."
     assert read_all(labelled, now, tz).candidates.get("amount") is None
     assert read_all(labelled, now, tz).fields == read_fields(labelled, now, tz)
+
+
+def test_read_moment_finds_the_row_of_a_table_converted_from_html():
+    """An HTML table reaches the reader as lines whose cells are set apart by wide gaps; those
+    gaps must survive the whitespace normalisation, or every row reads as prose."""
+    text = ("my statement shows the same top-up twice:\n"
+            "Date  Time  Description  Amount\n"
+            "2026/11/14  09:02  API credit top-up  $20.00\n"
+            "2026/11/14    09:03\t\tAPI credit top-up  $20.00\n"
+            "Total  $40.00\n"
+            "The second charge (09:03) is a duplicate, please refund $20.00.")
+    assert read_moment(text, NOW, SHANGHAI) == Moment(at("2026-11-14T09:03"), False)
