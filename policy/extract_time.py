@@ -205,7 +205,7 @@ _OTHER_BEFORE = re.compile(r"\b(?:applied|submitted|wrote|replied|emailed|sent|f
                            r"(?:mail|message|letter|request) from|ticket|deadline|due|invoice|"
                            r"downgraded|upgraded|switched|"
                            r"by|before|until|expires?|renewal|cancell?ed|refund request|application)\b|"
-                           r"截止|之前回复|取消"
+                           r"截止|之前回复|取消|开票日期|发票日期|开票|账单日"
                            # "The charge was Nov 14, not Nov 12": the date corrected away
                            r"|\bnot\s{1,3}(?:on\s{1,3})?(?:the\s{1,3})?$|不是\s{0,2}$", re.IGNORECASE)
 _OTHER_AFTER = re.compile(r"^\s*(?:的)?\s*(?:已经|已)?\s*(?:退款)?(?:申请|提交|发的|回复|到期|截止|前回复|工单|取消)")
