@@ -24,7 +24,7 @@ from decimal import Decimal
 from .text import OWN_WORDS_LIMIT, normalize
 from .extract_money import Money, choose_amount, find_amounts, to_decimal
 from .extract_time import (Moment, choose_moment, cn_number, find_moments, find_outage_hours,
-                           find_time_spans, parse_answer_moment)
+                           find_time_spans, local_now, parse_answer_moment)
 
 __all__ = ["Money", "Moment", "FIELD_NAMES", "read_money", "read_moment", "read_account_id",
            "read_percent", "read_hours", "read_labelled", "read_fields", "detect_language",
@@ -309,17 +309,24 @@ def _money_in_pointed_row(text: str, free: str) -> Money | None:
 def read_moment(text: str, now: datetime, tz: tzinfo, *, answer: bool = False) -> Moment | None:
     """When the abnormal charge or incident happened; never a moment in the future."""
     prepared = _prepare(text)
+    labelled = None
     if "incident_at" in prepared.labels:
-        moment = parse_answer_moment(mask_distractors(prepared.labels["incident_at"]), now, tz)
-        if moment is not None:
-            return moment
+        labelled = parse_answer_moment(mask_distractors(prepared.labels["incident_at"]), now, tz)
+        if labelled is not None and not _letter_date(labelled, now, tz):
+            return labelled
     if answer:
-        return parse_answer_moment(prepared.free, now, tz)
+        return labelled or parse_answer_moment(prepared.free, now, tz)
     mentions = find_moments(prepared.free, now, tz)
     rows = _table_rows(strip_quoted(text), len(prepared.free))
     if rows and any(_row_of(m.start, rows) is not None for m in mentions):
-        return _moment_from_table(text, prepared.free, mentions, rows)
-    return choose_moment(mentions)
+        return _moment_from_table(text, prepared.free, mentions, rows) or labelled
+    return choose_moment(mentions) or labelled
+
+
+def _letter_date(moment: Moment, now: datetime, tz: tzinfo) -> bool:
+    """"日期：2026年6月10日" under a formal letter sent that day dates the letter: the words
+    above it say when the charge was, and only when they do not is the label taken."""
+    return moment.date_only and moment.at.date() == local_now(now, tz).date()
 
 
 # ---------------------------------------------------------------- tables of charges

@@ -117,7 +117,9 @@ _PRICE_AFTER = re.compile(
 # "charged £15 instead of £10", "refund the difference", "按比例退款": the amount asked for
 # is not one written in the text, so only an explicit "refund X" may still be taken.
 _COMPARISON = re.compile(
-    r"instead of|rather than|should (?:have )?(?:been|be|cost|only)|\bdifference\b|而不是|应该|本应|"
+    r"instead of|rather than|should (?:have )?(?:been|be|cost|only)|\bdifference\b|而不是|本应|"
+    # "应该是50元", "应该只扣¥30", not "应该是系统故障" or "应该用不了这么多" (a guess, no price)
+    r"应该[^，,。！!？?\n]{0,6}?(?:[¥￥$0-9]|[一二两三四五六七八九十百]+\s{0,2}[元块])|"
     r"本该|差价|差额", re.IGNORECASE)
 _PARTIAL = re.compile(r"\bpartial|pro[- ]?rat|按比例|部分退款|退一部分|折算", re.IGNORECASE)
 # "charged $8 ... another $8, both for jobs that never ran": several charges, total unwritten.

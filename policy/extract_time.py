@@ -183,7 +183,7 @@ _CLOCK_BARE = re.compile(rf"\b(?:at|around|about)\s{{1,3}}({D}{{1,2}})(?![0-9:a-
 
 # Words allowed between a date and its time: "yesterday at around 3pm", "11月20日晚上8点".
 _PAIR_GAP = re.compile(r"[\s,，(（]*(?:(?:at|on|around|about|approx\.?|approximately|roughly|~|from|since|"
-                       r"in the|的|左右|大概|大约|约|于|在|"
+                       r"in the|的|左右|大概|大约|约|于|在|具体时间|时间|为|"
                        # "Dec 28 night 11pm": a part of the day between the date and its clock
                        r"(?:in the |at )?(?:morning|afternoon|evening|night))[\s,，]*)*", re.IGNORECASE)
 _RANGE_GAP = re.compile(r"\s*(?:-|–|—|~|to|until|till|through|and|到|至|－)\s*", re.IGNORECASE)
@@ -214,6 +214,8 @@ _OTHER_AFTER = re.compile(r"^\s*(?:的)?\s*(?:已经|已)?\s*(?:退款)?(?:申�
 # "I want the 86.40 refunded TODAY": when the customer wants it, not when it happened
 _TODAY = re.compile(r"today|now|今天|今日", re.IGNORECASE)
 _DEMAND_BEFORE = re.compile(r"\b(?:refund(?:ed)?|back|want|need|return(?:ed)?)\b|退|还给|要", re.IGNORECASE)
+# "今天必须给我个说法", "今天上班第一天": the day of writing, and what is demanded on it
+_DEMAND_AFTER = re.compile(r"^\s{0,3}(?:就?必须|一定要?|务必|马上|立刻|立即|之内|给我|上班|我?就来|能不能|可以吗)")
 
 
 _FUTURE_CUE = re.compile(r"\b(?:in|next|tomorrow|later|coming)\b|明天|后天|下周|下个|下星期|以后|之后",
@@ -438,8 +440,10 @@ def _clocks(text: str) -> list[_Clock]:
     for m in _CLOCK_ZH.finditer(text):
         part = _PARTS.get(m.group("part") or "")
         raw_hour = cn_number(m.group("hour"))
-        # "一点" also means "a little": a Chinese-numeral hour needs a part of day before it.
-        if raw_hour is None or (not part and not m.group("hour").isdigit()):
+        # "一点" also means "a little": a Chinese-numeral hour needs a part of day before it,
+        # except "零点" (midnight) when no digit follows ("零点五" is 0.5).
+        midnight = m.group("hour") in ("零", "〇") and not re.match(rf"{D}|{CN_NUM}", text[m.end():m.end() + 1])
+        if raw_hour is None or (not part and not m.group("hour").isdigit() and not midnight):
             continue
         minute = _zh_minute(m)
         hour = _to_24h(raw_hour, part)
@@ -608,7 +612,7 @@ def _role(text: str, start: int, end: int) -> str:
     before = _SENTENCE_BREAK.split(text[max(0, start - 40):start])[-1]
     before = _CLAUSE_BREAK.split(before)[-1]  # "bought on Nov 1, and since the 15th ..."
     after = text[end:end + 8]
-    if _TODAY.fullmatch(text[start:end]) and _DEMAND_BEFORE.search(before):
+    if _TODAY.fullmatch(text[start:end]) and (_DEMAND_BEFORE.search(before) or _DEMAND_AFTER.search(after)):
         return "other"
     if _EARLIER_CHARGE_AFTER.search(text[end:end + 16]):
         return "other"

@@ -575,3 +575,35 @@ def test_read_moment_finds_the_row_of_a_table_converted_from_html():
             "Total  $40.00\n"
             "The second charge (09:03) is a duplicate, please refund $20.00.")
     assert read_moment(text, NOW, SHANGHAI) == Moment(at("2026-11-14T09:03"), False)
+
+
+@pytest.mark.parametrize("text, expected", [
+    # the day of writing, with what is demanded on it, is not when the charge happened
+    ("十一月十四号被你们扣了一百二十八元，到现在一个多月了！今天必须给我个说法！", Moment(at("2026-11-14T00:00"), True)),
+    ("11月14号被扣了128元，今天上班第一天，马上退！", Moment(at("2026-11-14T00:00"), True)),
+    # "零点" is midnight; "零点五" would be 0.5
+    ("11月1号零点你们自动续费扣了我两千块", Moment(at("2026-11-01T00:00"), False)),
+    # a time in brackets after its day
+    ("于上周五（具体时间约为下午三点半）被扣除人民币128元", Moment(at("2026-11-13T15:30"), False)),
+])
+def test_read_moment_chinese_days_and_clocks(text, expected):
+    assert read_moment(text, NOW, SHANGHAI) == expected
+
+
+def test_read_moment_a_letters_own_date_line_does_not_hide_the_charge_above_it():
+    letter = ("本公司于2026年11月18日上午十点一刻在贵平台购买 GPU 算力时长，因调度故障实例未能启动，但费用已被扣除。\n\n"
+              "现申请退还该笔费用人民币伍佰元整（¥500.00）。\n\n申请单位：南京星图智能科技有限公司\n"
+              "日期：2026年11月22日")
+    assert read_moment(letter, NOW, SHANGHAI) == Moment(at("2026-11-18T10:15"), False)
+    # with nothing else to go by, the labelled date is still read
+    assert read_moment("申请退还人民币500元。\n日期：2026年11月22日", NOW, SHANGHAI) == Moment(at("2026-11-22T00:00"), True)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("前天结果直接扣了五十块钱，应该用不了这么多吧，能退就退一下", money("50", "CNY")),
+    ("我的账户被扣了两次 ¥58，应该是系统故障，请退回其中一次。", money("58", "CNY")),
+    # a price it should have been still makes the amount a matter of comparison: ask
+    ("扣了 ¥80，应该是 ¥50 才对", None),
+])
+def test_read_money_a_guess_with_should_is_no_comparison(text, expected):
+    assert read_money(text) == expected

@@ -24,7 +24,7 @@ OLD_SET = Path(__file__).parent / "data" / "labelled_requests.json"
 OLD_TARGET = 0.95
 TARGET = 0.97  # issue 13, per field
 # What the reader reaches today on reading_eval.json, rounded down: it may not fall below.
-FLOOR = {"amount": 96, "currency": 99, "incident_at": 95}
+FLOOR = {"amount": 97, "currency": 99, "incident_at": 97}
 REPORTED = (*SCORED, "account_id")
 
 
