@@ -35,7 +35,7 @@ CURRENCY_WORDS = {
     "us$": "USD", "usd": "USD", "us dollars": "USD", "us dollar": "USD", "dollars": "USD",
     "dollar": "USD", "bucks": "USD", "buck": "USD", "美元": "USD", "美金": "USD", "美刀": "USD",
     "刀": "USD", "$": "USD",
-    "rmb": "CNY", "cny": "CNY", "人民币": "CNY", "yuan": "CNY", "块钱": "CNY", "块": "CNY",
+    "rmb": "CNY", "cny": "CNY", "人民币": "CNY", "yuan": "CNY", "kuai": "CNY", "块钱": "CNY", "块": "CNY",
     "元": "CNY", "¥": "CNY",
     "€": "EUR", "eur": "EUR", "euros": "EUR", "euro": "EUR", "欧元": "EUR",
     "£": "GBP", "gbp": "GBP", "pounds": "GBP", "pound": "GBP", "英镑": "GBP",

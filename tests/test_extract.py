@@ -604,6 +604,8 @@ def test_read_moment_a_letters_own_date_line_does_not_hide_the_charge_above_it()
     ("我的账户被扣了两次 ¥58，应该是系统故障，请退回其中一次。", money("58", "CNY")),
     # a price it should have been still makes the amount a matter of comparison: ask
     ("扣了 ¥80，应该是 ¥50 才对", None),
+    # the colloquial Chinese unit, written in English
+    ("I am lost about 60 kuai credit for nothing. Please refund this 60 kuai.", money("60", "CNY")),
 ])
 def test_read_money_a_guess_with_should_is_no_comparison(text, expected):
     assert read_money(text) == expected
