@@ -110,10 +110,11 @@ class TelegramSender:
     def wait_turn(self) -> None:
         """Refuse (for now) while Telegram asked us to wait; the row retries right after."""
         if not self.ready:
-            raise TemporaryFailure("the Telegram bot is not connected yet", retry_after=NOT_READY_SECONDS)
+            raise TemporaryFailure("the Telegram bot is not connected yet", retry_after=NOT_READY_SECONDS, attempted=False)
         wait = self.hold_until - time.monotonic()
         if wait > 0:
-            raise TemporaryFailure(f"holding for Telegram ({wait:.1f} s left)", retry_after=wait + QUEUE_MARGIN_SECONDS)
+            raise TemporaryFailure(f"holding for Telegram ({wait:.1f} s left)", retry_after=wait + QUEUE_MARGIN_SECONDS,
+                                   attempted=False)
 
 
 def seconds_of(exc: RetryAfter) -> float:

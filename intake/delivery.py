@@ -26,9 +26,14 @@ RECORD_EVERY = 8  # delivered letters recorded together (record_deliveries)
 
 
 class TemporaryFailure(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    """Try again later. `attempted=False` when the sender held the message back itself
+    (Telegram's flood wait still running, the bot not connected yet): the transport never
+    saw it, so it is no delivery attempt and the row's `attempts` does not count it."""
+
+    def __init__(self, message: str, retry_after: float | None = None, *, attempted: bool = True) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.attempted = attempted
 
 
 class PermanentFailure(Exception):
@@ -120,9 +125,12 @@ async def deliver_one(db: sqlite_utils.Database, sender: Sender, row: dict[str, 
         await sender.deliver(row)
     except TemporaryFailure as exc:
         window.failed()
-        log.warning("outbox %s to %s: temporary failure, will retry: %s", row["id"], sender.channel, exc)
+        if exc.attempted:
+            log.warning("outbox %s to %s: temporary failure, will retry: %s", row["id"], sender.channel, exc)
+        else:
+            log.info("outbox %s to %s: held back: %s", row["id"], sender.channel, exc)
         with transaction(db):
-            outbox.mark_failed(db, row["id"], utcnow(), str(exc), delay=exc.retry_after)
+            outbox.mark_failed(db, row["id"], utcnow(), str(exc), delay=exc.retry_after, attempted=exc.attempted)
         return None
     except PermanentFailure as exc:
         log.error("outbox %s to %s: permanent failure: %s", row["id"], sender.channel, exc)

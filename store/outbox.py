@@ -69,12 +69,15 @@ def mark_sent(db: sqlite_utils.Database, outbox_id: int, now: datetime) -> bool:
     return bool(cursor.rowcount)
 
 
-def mark_failed(db: sqlite_utils.Database, outbox_id: int, now: datetime, error: str, *, permanent: bool = False, delay: float | None = None) -> None:
+def mark_failed(db: sqlite_utils.Database, outbox_id: int, now: datetime, error: str, *, permanent: bool = False,
+                delay: float | None = None, attempted: bool = True) -> None:
+    """A failed try, or (`attempted=False`) one the sender held back without calling the
+    transport: `attempts` counts only what reached it."""
     (attempts,) = db.execute("SELECT attempts FROM outbox WHERE id = ?", [outbox_id]).fetchone()
     wait = delay if delay is not None else BACKOFF_SECONDS[min(attempts, len(BACKOFF_SECONDS) - 1)]
     db.execute(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, status = ? WHERE id = ?",
-        [error[:500], stamp(now + timedelta(seconds=wait)), "failed" if permanent else "pending", outbox_id],
+        "UPDATE outbox SET attempts = attempts + ?, last_error = ?, next_attempt_at = ?, status = ? WHERE id = ?",
+        [int(attempted), error[:500], stamp(now + timedelta(seconds=wait)), "failed" if permanent else "pending", outbox_id],
     )
 
 
