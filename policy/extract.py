@@ -378,6 +378,11 @@ def _moment_from_table(text: str, free: str, mentions: list, rows: list[tuple[in
     prose = [m for m in mentions if _row_of(m.start, rows) is None]
     dated = [m for m in prose if not _CLOCK_ONLY.fullmatch(free[m.start:m.end].strip())]
     moment = choose_moment(dated)
+    if moment is not None and moment.date_only:
+        # "6月18日上午有两笔完全一样的": the rows of that day tell the time, if they agree on one
+        timed = {m.moment for m in mentions if _row_of(m.start, rows) is not None and m.role == "incident"
+                 and not m.moment.date_only and m.moment.at.date() == moment.at.date()}
+        return timed.pop() if len(timed) == 1 else moment
     if moment is not None or dated:
         return moment
     by_row: dict[int, list] = {}

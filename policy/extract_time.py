@@ -181,6 +181,9 @@ _CLOCK_BARE = re.compile(rf"\b(?:at|around|about)\s{{1,3}}({D}{{1,2}})(?![0-9:a-
                          r"percent|hours?|hrs?|minutes?|mins?|days?|times?|calls?|requests?|gb|tokens?|"
                          r"dollars?|bucks|euros?|usd|eur|rmb|cny|元|块|美元)\b)", re.IGNORECASE)
 
+# "北京时间 10月8日下午3点", "Beijing time: Oct 8, 3pm": the zone named before the date holds for its clock
+_BEIJING_BEFORE = re.compile(r"(?:北京时间|Beijing time|China time)\s{0,2}[:：]?\s{0,2}$", re.IGNORECASE)
+
 # Words allowed between a date and its time: "yesterday at around 3pm", "11月20日晚上8点".
 _PAIR_GAP = re.compile(r"[\s,，(（]*(?:(?:at|on|around|about|approx\.?|approximately|roughly|~|from|since|"
                        r"in the|的|左右|大概|大约|约|于|在|具体时间|时间|为|"
@@ -525,6 +528,8 @@ def _find_moments(text: str, now: datetime, tz: tzinfo, answer: bool, include_fu
              for d, c in pairs if d or not (c and c.bare)]
     mentions = []
     for phrase, clock in _drop_range_ends(text, pairs):
+        if phrase and clock and clock.offset is None and _BEIJING_BEFORE.search(text[max(0, phrase.start - 8):phrase.start]):
+            clock = replace(clock, offset=timedelta(hours=8))  # "北京时间2026年10月8日下午3点"
         moment = _resolve(phrase, clock, now, tz)
         if moment is not None:
             start = min(x.start for x in (phrase, clock) if x)

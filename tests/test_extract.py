@@ -609,3 +609,24 @@ def test_read_moment_a_letters_own_date_line_does_not_hide_the_charge_above_it()
 ])
 def test_read_money_a_guess_with_should_is_no_comparison(text, expected):
     assert read_money(text) == expected
+
+
+def test_read_moment_a_zone_named_before_the_date_holds_for_its_clock():
+    berlin = ZoneInfo("Europe/Berlin")
+    now = datetime(2026, 10, 12, 9, 0, tzinfo=berlin)
+    text = "我在德国留学。北京时间2026年10月8日下午3点，平台升级期间我的请求全部失败，但仍被扣除了 12.50 欧元。"
+    assert read_moment(text, now, berlin).at == datetime(2026, 10, 8, 15, 0, tzinfo=SHANGHAI)
+    # without it, the desk's own zone
+    assert read_moment(text.replace("北京时间", ""), now, berlin).at == datetime(2026, 10, 8, 15, 0, tzinfo=berlin)
+
+
+def test_read_moment_takes_the_time_from_the_rows_of_the_day_the_customer_names():
+    text = ("下面是我账户后台导出的扣费记录，11月18日上午有两笔完全一样的，第二笔是重复扣的，请退 66 元。\n"
+            "时间  项目  金额  状态\n"
+            "2026-11-15 20:11  API额度充值  ¥30.00  成功\n"
+            "2026-11-18 10:05  API额度充值  ¥66.00  成功\n"
+            "2026-11-18 10:05  API额度充值  ¥66.00  成功\n")
+    assert read_moment(text, NOW, SHANGHAI) == Moment(at("2026-11-18T10:05"), False)
+    # rows of that day at two different times: the day alone is sure
+    other = text.replace("2026-11-18 10:05  API额度充值  ¥66.00  成功\n", "2026-11-18 11:40  API额度充值  ¥66.00  成功\n", 1)
+    assert read_moment(other, NOW, SHANGHAI) == Moment(at("2026-11-18T00:00"), True)
