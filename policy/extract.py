@@ -108,8 +108,9 @@ _DISTRACTORS = [re.compile(p, re.IGNORECASE) for p in (
     r"\s*(?P<x>\+?[0-9][0-9\s()-]{5,}[0-9])",
     r"(?:ending(?:\s+in)?|尾号|末四位|last\s*(?:4|four)(?:\s*digits)?)\s*(?P<x>[0-9]{4})",
     # Counts: 1,200,000 tokens, 1.5M tokens, 120万tokens, 2,300 calls, 3 times, 5次.
-    r"(?P<x>(?<![0-9.,])[0-9][0-9,]*(?:\.[0-9]+)?\s*(?:[kmb万亿千](?![a-z])|million|thousand|billion)?)"
-    r"\s*(?:个)?\s*(?:tokens?|tok\b|字符|字|characters?|chars?|calls?|requests?|reqs?|次调用|次请求|次|条|"
+    # ("¥128 token pack" is a price, "June 5  Token pack" a date beside a product's name)
+    r"(?P<x>(?<![0-9.,$¥￥€£])[0-9][0-9,]*(?:\.[0-9]+)?\s*(?:[kmb万亿千](?![a-z])|million|thousand|billion)?)"
+    r"\s*(?:个)?\s*(?:tokens?(?!\s{0,2}(?:packs?|packages?|bundles?|plans?))|tok\b|字符|字|characters?|chars?|calls?|requests?|reqs?|次调用|次请求|次|条|"
     r"images?|张|queries|rpm|tpm|qps|mb|gb|kb|ms|秒|seconds?|secs?|words?|lines?|messages?|times?)(?![a-z])",
 )]
 _DOTTED_DATE = re.compile(r"(?:19|20)[0-9]{2}\.[0-9]{1,2}\.[0-9]{1,2}"

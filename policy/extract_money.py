@@ -95,7 +95,9 @@ _MONEY_VERB = re.compile(
 _REFUND_AFTER = re.compile(r"\s{0,2}(?:退|refund)", re.IGNORECASE)  # "多的450退我吧"
 # What follows a number that is not money: counts, durations, ranges, rough sizes.
 _NOT_MONEY_AFTER = re.compile(
-    r"^\s*(?:times?\b|x\b|×|次|个|条|张|tokens?|calls?|requests?|%|％|percent|hours?|hrs?|days?|"
+    # "the 66 unused hours": a word between the number and its unit
+    r"^\s*(?:(?:unused|remaining|used|extra|more|lost|wasted|full|whole|idle|paid|billed)\s{1,3})?"
+    r"(?:times?\b|x\b|×|次|个|条|张|tokens?|calls?|requests?|%|％|percent|hours?|hrs?|days?|"
     r"weeks?|months?|minutes?|小时|天|周|分钟|多|余|来|几|\+|年|月|日|号|点|:|/)", re.IGNORECASE)
 # A coupon's or voucher's value is no charge, even with its sign ("I had a $5 coupon from you").
 _DISCOUNT_AFTER = re.compile(
@@ -114,6 +116,11 @@ _ROLE_PATTERNS = {role: re.compile(p, re.IGNORECASE) for role, p in _ROLE_WORDS.
 _PRICE_AFTER = re.compile(
     r"^\s*(?:的)?\s*(?:(?:monthly|annual|yearly|pro|basic)\s+)?(?:plan|subscription|package|tier|"
     r"套餐|月卡|年卡|季卡|会员|/\s*(?:month|mo|year|yr|月|年)|per month|a month|每月)", re.IGNORECASE)
+# "You already refunded $10 to me in March", "上次已经退过20元": a refund made, not the one asked for
+_REFUNDED_BEFORE = re.compile(r"\b(?:already|previously|once|you|have|has|had|was|were|got)\s{1,3}(?:\w+\s{1,3})?refunded\b"
+                              r"|已经?\s{0,2}(?:给我)?\s{0,2}退(?:过|了)|退过", re.IGNORECASE)
+# "$3.00 / 1M input", "$1.89/hr", "¥15/GB": a rate, never the claim by itself (a plan's "/month" is a price)
+_RATE_AFTER = re.compile(r"^\s{0,2}/\s{0,2}(?!(?:month|mo|year|yr)\b|[月年])[0-9A-Za-z\u4e00-\u9fff]", re.IGNORECASE)
 # "charged £15 instead of £10", "refund the difference", "按比例退款": the amount asked for
 # is not one written in the text, so only an explicit "refund X" may still be taken.
 _COMPARISON = re.compile(
@@ -129,8 +136,9 @@ _REFUND_REST = re.compile(
     r"|\brefund\s(?:the\s|my\s)?(?:rest|remaining|remainder|balance|unused)"
     r"|\b(?:the\s)?(?:rest|remainder|remaining balance|balance)\s(?:back|refunded)\b", re.IGNORECASE)
 _LIST_GAP = re.compile(r"\s*(?:,|，|、|\+|&|and|和|及|以及)\s*(?:and\s*)?", re.IGNORECASE)
-_CLAUSE_BREAK = re.compile(r"[。！？；;!?\n，,]|\.(?=\s|$)|(?<=[\u4e00-\u9fff0-9])[ \t](?=[\u4e00-\u9fff])")
-_SENTENCE_BREAK = re.compile(r"[。！？!?\n]|\.(?=\s|$)")
+# "i.e. $124.74", "e.g. $5": an abbreviation's dot ends no sentence
+_CLAUSE_BREAK = re.compile(r"[。！？；;!?\n，,]|(?<!i\.e)(?<!e\.g)\.(?=\s|$)|(?<=[\u4e00-\u9fff0-9])[ \t](?=[\u4e00-\u9fff])")
+_SENTENCE_BREAK = re.compile(r"[。！？!?\n]|(?<!i\.e)(?<!e\.g)\.(?=\s|$)")
 
 
 def to_decimal(number_text: str) -> Decimal | None:
@@ -154,7 +162,7 @@ def _mention_from(m: re.Match, text: str, *, answer: bool) -> AmountMention | No
         before = text[max(0, m.start() - 24):m.start()]
         if not answer and not _MONEY_VERB.search(before) and not _REFUND_AFTER.match(text[m.end():m.end() + 6]):
             return None
-        if _NOT_MONEY_AFTER.match(text[m.end():m.end() + 10]):
+        if _NOT_MONEY_AFTER.match(text[m.end():m.end() + 24]):
             return None
     if _DISCOUNT_AFTER.match(text[m.end():m.end() + 24]):
         return None
@@ -181,8 +189,12 @@ def _roles(text: str, start: int, end: int) -> frozenset[str]:
     if len(clauses) > 1 and _ROLE_PATTERNS["refund"].search(clauses[-2]) \
             and len(lead) > len(before) and not (roles & {"balance", "unit", "charge", "topup"}):
         roles.add("refund")
+    if "refund" in roles and _REFUNDED_BEFORE.search(before):
+        roles = (roles - {"refund"}) | {"earlier"}
     if _PRICE_AFTER.match(text[end:end + 24]):
         roles.add("price")
+    elif _RATE_AFTER.match(text[end:end + 8]):
+        roles.add("unit")
     return frozenset(roles)
 
 
@@ -247,8 +259,10 @@ def choose_amount(mentions: list[AmountMention], text: str) -> Money | None:
         return balances.pop()  # "余额还剩187.3元，能不能把剩下的退给我"
     for role in tiers:
         pool = [m for m in mentions if role is None or role in m.roles]
-        if role is None:  # a price per call or a plan's price is never the claim by itself
-            pool = [m for m in pool if not m.roles & {"unit", "price"}] or pool
+        # a rate ("billed at $3.00 / 1M") is never the claim by itself, nor (among any amounts) a plan's price
+        pool = [m for m in pool if not m.roles & {"unit", "earlier"}] or pool
+        if role is None:
+            pool = [m for m in pool if "price" not in m.roles] or pool
         if role is not None and tiers == ["refund"]:
             pool = [m for m in pool if "price" not in m.roles]
         amounts = {m.money.amount for m in pool}

@@ -133,8 +133,9 @@ _MD_ZH = re.compile(rf"(?<!{D})({D}{{1,2}}|{CN_NUM}{{1,3}})\s*月\s*({D}{{1,2}}|
 _MD_SLASH = re.compile(rf"(?<![0-9/.:-])({D}{{1,2}})[/-]({D}{{1,2}})(?![0-9/%-])")
 _MONTH_NAME = re.compile(
     rf"\b(?:(?:{'|'.join(w[:3] + '[a-z]*' for w in _WEEKDAYS_EN)})\.?,?\s+)?"
-    rf"(?:{D}{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?(?:{_MONTHS})\b\.?"
-    rf"|(?:{_MONTHS})\b\.?\s+{D}{{1,2}}(?:st|nd|rd|th)?\b)(?:,?\s+((?:19|20){D}{{2}})\b)?",
+    # within a line: in a pasted table "¥99\nJune 5" is an amount at one row's end, no "99 June"
+    rf"(?:{D}{{1,2}}(?:st|nd|rd|th)?[ \t]{{1,3}}(?:of[ \t]{{1,3}})?(?:{_MONTHS})\b\.?"
+    rf"|(?:{_MONTHS})\b\.?[ \t]{{1,3}}{D}{{1,2}}(?:st|nd|rd|th)?\b)(?:,?[ \t]{{1,3}}((?:19|20){D}{{2}})\b)?",
     re.IGNORECASE)
 _ORDINAL_DAY = re.compile(  # "the 3rd time" is no date: only after a date preposition
     rf"\b(?:on|since|from|dated|until|till|before|after|by)\s+the\s+({D}{{1,2}})(?:st|nd|rd|th)\b(?!\s{{1,3}}of\s)",

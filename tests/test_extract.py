@@ -604,6 +604,18 @@ def test_read_moment_a_letters_own_date_line_does_not_hide_the_charge_above_it()
     ("我的账户被扣了两次 ¥58，应该是系统故障，请退回其中一次。", money("58", "CNY")),
     # a price it should have been still makes the amount a matter of comparison: ask
     ("扣了 ¥80，应该是 ¥50 才对", None),
+    # rates are no claim: "$3.00 / 1M input", "$1.89/hr"
+    ("Usage billed at $3.00 / 1M input, $15.00 / 1M output. The cost of those failed calls is USD 73.20, please refund that.",
+     money("73.20", "USD")),
+    # a count of hours after "refund the" is no amount; the one with its sign is
+    ("Instance (A100, $1.89/hr) crashed. Please refund the 66 unused hours, i.e. $124.74. "
+     "The first 6 hours ($11.34) are fine.", money("124.74", "USD")),
+    # a refund already made is not the one asked for
+    ("You already refunded $10 to me in March, thank you. Now there is a new one: a $25 charge "
+     "for a pack I didn't buy (my last purchase was pack S at $15). Please refund the $25 charge.", money("25", "USD")),
+    ("上次你们已经退过20元了，这次又扣了35元，请退35元。", money("35", "CNY")),
+    # "¥128 token pack" is a price, not a count of tokens
+    ("Please refund the ¥128 token pack from June 5, I never ordered it.", money("128", "CNY")),
     # the colloquial Chinese unit, written in English
     ("I am lost about 60 kuai credit for nothing. Please refund this 60 kuai.", money("60", "CNY")),
 ])
