@@ -119,6 +119,13 @@ _PRICE_AFTER = re.compile(
 # "You already refunded $10 to me in March", "上次已经退过20元": a refund made, not the one asked for
 _REFUNDED_BEFORE = re.compile(r"\b(?:already|previously|once|you|have|has|had|was|were|got)\s{1,3}(?:\w+\s{1,3})?refunded\b"
                               r"|已经?\s{0,2}(?:给我)?\s{0,2}退(?:过|了)|退过", re.IGNORECASE)
+# "金额是 ¥75，不是 ¥57", "it was $40, not $14": the amount the customer corrects away
+_NOT_BEFORE = re.compile(r"(?:不是|而非|并非|\bnot|\bnever)\s{0,3}(?:the\s{1,3})?$", re.IGNORECASE)
+# "开票金额 ¥1,000.00", "重新开具 ¥600 的发票": what an invoice says, not the claim
+_INVOICE_BEFORE = re.compile(r"(?:开票|发票|invoice(?:d)?)\s{0,3}(?:金额|总额|amount|total|of|for)?\s{0,3}[:：]?\s{0,3}$", re.IGNORECASE)
+_INVOICE_AFTER = re.compile(r"^\s{0,3}(?:的)?\s{0,3}(?:发票|invoice)", re.IGNORECASE)
+# Amounts set aside whatever their other roles: a rate, a refund already made, one corrected away, an invoice's.
+_ASIDE = frozenset({"unit", "earlier", "negated", "invoice"})
 # "$3.00 / 1M input", "$1.89/hr", "¥15/GB": a rate, never the claim by itself (a plan's "/month" is a price)
 _RATE_AFTER = re.compile(r"^\s{0,2}/\s{0,2}(?!(?:month|mo|year|yr)\b|[月年])[0-9A-Za-z\u4e00-\u9fff]", re.IGNORECASE)
 # "charged £15 instead of £10", "refund the difference", "按比例退款": the amount asked for
@@ -191,6 +198,10 @@ def _roles(text: str, start: int, end: int) -> frozenset[str]:
         roles.add("refund")
     if "refund" in roles and _REFUNDED_BEFORE.search(before):
         roles = (roles - {"refund"}) | {"earlier"}
+    if _NOT_BEFORE.search(text[max(0, start - 12):start]):
+        roles.add("negated")
+    if _INVOICE_BEFORE.search(text[max(0, start - 16):start]) or _INVOICE_AFTER.match(text[end:end + 8]):
+        roles.add("invoice")
     if _PRICE_AFTER.match(text[end:end + 24]):
         roles.add("price")
     elif _RATE_AFTER.match(text[end:end + 8]):
@@ -260,7 +271,7 @@ def choose_amount(mentions: list[AmountMention], text: str) -> Money | None:
     for role in tiers:
         pool = [m for m in mentions if role is None or role in m.roles]
         # a rate ("billed at $3.00 / 1M") is never the claim by itself, nor (among any amounts) a plan's price
-        pool = [m for m in pool if not m.roles & {"unit", "earlier"}] or pool
+        pool = [m for m in pool if not m.roles & _ASIDE] or pool
         if role is None:
             pool = [m for m in pool if "price" not in m.roles] or pool
         if role is not None and tiers == ["refund"]:

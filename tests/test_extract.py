@@ -600,6 +600,7 @@ def test_read_moment_a_letters_own_date_line_does_not_hide_the_charge_above_it()
 
 
 @pytest.mark.parametrize("text, expected", [
+    # a guess with 应该 is no comparison of prices
     ("前天结果直接扣了五十块钱，应该用不了这么多吧，能退就退一下", money("50", "CNY")),
     ("我的账户被扣了两次 ¥58，应该是系统故障，请退回其中一次。", money("58", "CNY")),
     # a price it should have been still makes the amount a matter of comparison: ask
@@ -614,12 +615,16 @@ def test_read_moment_a_letters_own_date_line_does_not_hide_the_charge_above_it()
     ("You already refunded $10 to me in March, thank you. Now there is a new one: a $25 charge "
      "for a pack I didn't buy (my last purchase was pack S at $15). Please refund the $25 charge.", money("25", "USD")),
     ("上次你们已经退过20元了，这次又扣了35元，请退35元。", money("35", "CNY")),
+    # an amount corrected away, and what an invoice says, are not the claim
+    ("不对，金额是 ¥75，不是 ¥57。麻烦按这个重新查。", money("75", "CNY")),
+    ("The charge was $40, not $14 as your letter says.", money("40", "USD")),
+    ("开票金额 ¥1,000.00。其中 ¥400 是重复计费的。请退 ¥400，并重新开具 ¥600 的发票。", money("400", "CNY")),
     # "¥128 token pack" is a price, not a count of tokens
     ("Please refund the ¥128 token pack from June 5, I never ordered it.", money("128", "CNY")),
     # the colloquial Chinese unit, written in English
     ("I am lost about 60 kuai credit for nothing. Please refund this 60 kuai.", money("60", "CNY")),
 ])
-def test_read_money_a_guess_with_should_is_no_comparison(text, expected):
+def test_read_money_sets_aside_what_is_not_the_claim(text, expected):
     assert read_money(text) == expected
 
 
