@@ -42,7 +42,7 @@ def templates() -> dict:
     """A real queued refund case and its messages, made by the real pipeline."""
     from refunddesk.config import load
     from refunddesk.desk import Desk
-    from refunddesk.review.testing import mail_case
+    from refunddesk.harness.driver import mail_case
 
     folder = c.scratch("templates")
     config = c.write_config(folder / "refunddesk.toml", c.base_settings(folder))

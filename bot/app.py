@@ -28,7 +28,7 @@ from telegram import BotCommand, Message, Update
 from telegram.error import BadRequest, Conflict, InvalidToken, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from refunddesk.bot.inbound import COMMANDS
+from refunddesk.intake.telegram import COMMANDS
 from refunddesk.bot.send import RETRY_SECONDS, command_menu, make_bot, retry_pause, until_it_answers
 from refunddesk.desk import Desk
 from refunddesk.store import evidence, spool
@@ -50,7 +50,7 @@ class NotAccepted(Exception):
 class TelegramBot:
     def __init__(self, desk: Desk, wake: Callable[[], None]) -> None:
         config = desk.config
-        # The replies leave from the worker's process (refunddesk/outbound.py), by a Bot of its own.
+        # The replies leave from the worker's process (outbound/dispatcher.py), by a Bot of its own.
         self.app = Application.builder().bot(make_bot(config)).updater(None).build()
         self.desk = desk
         self.wake = wake

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
-from refunddesk.intake.delivery import PermanentFailure, TemporaryFailure
+from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure
 from refunddesk.render import environment, language_of
 
 log = logging.getLogger("refunddesk.bot.send")

@@ -25,6 +25,7 @@ from refunddesk.intake.budget import NO_BUDGET, NOTICE, REASON, Budget, OverBudg
 from refunddesk.intake.email.parse import MailRejected, first_message_id, parse_mail, split_plus
 from refunddesk.intake.email import loops
 from refunddesk.intake.parsed import Parsed
+from refunddesk.intake.telegram import parse_update
 from refunddesk.policy import dialog
 from refunddesk.policy.context import Context, History
 from refunddesk.policy.model import Attachment, Case, Reply
@@ -49,8 +50,6 @@ def parse(desk: Desk, row: dict[str, Any]) -> Parsed:
     if row["channel"] == "email":
         return parse_mail(row["raw"], row["meta"], desk.addresses, received_at)
     if row["channel"] == "telegram":
-        from refunddesk.bot.inbound import parse_update
-
         return parse_update(row["raw"], row["meta"], received_at)
     raise ValueError(f"no parser for channel {row['channel']!r}")
 
@@ -198,7 +197,7 @@ def keep_overdue(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], sec
 
 
 def stop_overdue(desk: Desk, db: sqlite_utils.Database, inbound_id: int, seconds: float | None, now: datetime) -> None:
-    """The message a worker was replaced for, still in hand past its budget (refunddesk/worker.py)."""
+    """The message a worker was replaced for, still in hand past its budget (worker/process.py)."""
     with transaction(db):
         if status_now(db, inbound_id) == "pending":
             keep_overdue(desk, db, spool.load(db, inbound_id), seconds, now)

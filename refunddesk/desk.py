@@ -8,7 +8,7 @@ from pathlib import Path
 import sqlite_utils
 
 from refunddesk.config import Config
-from refunddesk.intake.email.parse import Addresses
+from refunddesk.addresses import Addresses
 from refunddesk.policy.calendar import WorkingCalendar
 from refunddesk.policy.preset import Policy, load_policy_file, load_preset
 from refunddesk.store.db import open_db

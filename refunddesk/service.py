@@ -1,7 +1,7 @@
 """`refunddesk serve`: every enabled channel, the worker and the outbox senders.
 
 The channels, the console and the watchers run in this process; the worker and the senders
-run in a process of its own (refunddesk/worker.py, refunddesk/outbound.py). Channels wake the
+run in a process of its own (worker/process.py, outbound/dispatcher.py). Channels wake the
 worker the moment they have committed a message, and the worker wakes its senders when it
 has written a reply, so an acknowledgement leaves within a second, not at the next poll.
 SIGTERM and SIGINT stop everything cleanly: channels stop accepting first, the worker finishes
@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from refunddesk.desk import Desk
 from refunddesk.store.db import use_writer_turns
-from refunddesk.worker import Workers, fix_mmap_threshold
+from refunddesk.worker.process import fix_mmap_threshold
+from refunddesk.worker.supervisor import Workers
 
 log = logging.getLogger("refunddesk.service")
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from refunddesk.intake.email.parse import Addresses, parse_mail
+from refunddesk.addresses import Addresses
+from refunddesk.intake.email.parse import parse_mail
 from refunddesk.policy.dialog import reading_text
 
 DEFAULT_SET = Path(__file__).parent / "data" / "reading_eval.json"

@@ -17,7 +17,7 @@ from serving import Served
 from refunddesk.config import load
 from refunddesk.desk import Desk
 from refunddesk.policy.deadlines import window_deadline
-from refunddesk.review.testing import PNG, mail_case
+from refunddesk.harness.driver import PNG, mail_case
 from refunddesk.store import events
 from refunddesk.store.cases import load_case
 from refunddesk.store.clock import utcnow

@@ -13,7 +13,7 @@ from conftest import base_settings, free_port, run_cli, write_config
 from serving import Served
 from refunddesk.config import load
 from refunddesk.desk import Desk
-from refunddesk.review.testing import PNG, mail_case
+from refunddesk.harness.driver import PNG, mail_case
 from refunddesk.store.cases import load_case
 from refunddesk.store.clock import utcnow
 from refunddesk.store.evidence import sha256_of

@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 from conftest import wait_for
-from refunddesk.intake.delivery import RECORD_EVERY, deliver_due
+from refunddesk.outbound.delivery import RECORD_EVERY, deliver_due
 from refunddesk.store import outbox
 from refunddesk.store.clock import utcnow
 from refunddesk.store.db import transaction

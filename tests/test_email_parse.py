@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from mail_fixtures import APPEALS, PNG, REFUNDS, letter
 from refunddesk.intake.email import authresults, quoting
 from refunddesk.intake.email.html import sanitize, to_text
-from refunddesk.intake.email.parse import Addresses, MailRejected, parse_mail
+from refunddesk.addresses import Addresses
+from refunddesk.intake.email.parse import MailRejected, parse_mail
 
 ADDRESSES = Addresses(REFUNDS, APPEALS)
 NOW = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)

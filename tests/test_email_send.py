@@ -14,8 +14,8 @@ from aiosmtpd.controller import Controller
 
 from conftest import free_port
 from mail_fixtures import REFUNDS, RecordingHandler, desk_from, mail_settings, relay, relay_on  # noqa: F401 (fixture)
-from refunddesk.intake.delivery import deliver_due
-from refunddesk.intake.email.send import EmailSender
+from refunddesk.outbound.delivery import deliver_due
+from refunddesk.outbound.email_sender import EmailSender
 from refunddesk.store import outbox
 from refunddesk.store.clock import utcnow
 from refunddesk.store.db import transaction

@@ -15,8 +15,8 @@ from datetime import timedelta
 from conftest import free_port
 from mail_fixtures import REFUNDS, RecordingHandler, desk_from, letter, mail_settings, relay_on
 from refunddesk.intake import pipeline
-from refunddesk.intake.delivery import deliver_due
-from refunddesk.intake.email.send import EmailSender
+from refunddesk.outbound.delivery import deliver_due
+from refunddesk.outbound.email_sender import EmailSender
 from refunddesk.store import spool
 from refunddesk.store.clock import utcnow
 

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from mail_fixtures import APPEALS, REFUNDS
 from refunddesk.intake import pipeline
 from refunddesk.intake.email.parse import body_digest
-from refunddesk.intake.email.parse import Addresses, MailRejected, parse_mail
+from refunddesk.addresses import Addresses
+from refunddesk.intake.email.parse import MailRejected, parse_mail
 from refunddesk.policy import dialog
 from refunddesk.policy.calendar import WorkingCalendar
 from refunddesk.policy.context import Context

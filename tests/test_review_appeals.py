@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from refunddesk.review.decisions import DecisionError, reject
 from refunddesk.review.queue import Filters, list_queue
-from refunddesk.review.testing import body_of, letters_to, mail, mail_case, receive_mail, send_email
+from refunddesk.harness.driver import body_of, letters_to, mail, mail_case, receive_mail, send_email
 from refunddesk.store import cases as case_store
 from refunddesk.store.clock import utcnow
 

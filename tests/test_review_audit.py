@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 from refunddesk.cli import build_parser
 from refunddesk.review.decisions import approve, reject
-from refunddesk.review.testing import mail_case
+from refunddesk.harness.driver import mail_case
 from refunddesk.store.clock import utcnow
 
 from test_review_decisions import request_302ai

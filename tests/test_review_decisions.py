@@ -17,7 +17,7 @@ from refunddesk.policy.deadlines import window_deadline
 from refunddesk.render import render
 from refunddesk.review import letters
 from refunddesk.review.decisions import version_of
-from refunddesk.review.testing import body_of, chat_case, letters_to, mail, mail_case, receive_chat, receive_mail, send_email, telegram_update
+from refunddesk.harness.driver import body_of, chat_case, letters_to, mail, mail_case, receive_chat, receive_mail, send_email, telegram_update
 from refunddesk.store import cases as case_store
 from refunddesk.store import events
 from refunddesk.store.clock import utcnow

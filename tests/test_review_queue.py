@@ -16,7 +16,7 @@ from refunddesk.policy.preset import load_preset
 from refunddesk.review.decisions import request_info
 from refunddesk.review.queue import Filters, list_queue
 from refunddesk.review.suggest import suggest
-from refunddesk.review.testing import chat_case, mail, mail_case, receive_mail
+from refunddesk.harness.driver import chat_case, mail, mail_case, receive_mail
 from refunddesk.store import cases as case_store
 from refunddesk.store.clock import utcnow
 

@@ -8,12 +8,12 @@ import threading
 from datetime import timedelta
 
 from conftest import run_cli, wait_for
-from refunddesk.intake.delivery import record_delivery
+from refunddesk.outbound.delivery import record_delivery
 from refunddesk.review import sla
 from refunddesk.review.decisions import approve, request_info
 from refunddesk.review.queue import Filters, list_queue
 from refunddesk.review.sla_report import report
-from refunddesk.review.testing import mail, mail_case, receive_mail, send_email
+from refunddesk.harness.driver import mail, mail_case, receive_mail, send_email
 from refunddesk.store import events
 from refunddesk.store import outbox
 from refunddesk.store.cases import load_case

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from refunddesk.bot.inbound import parse_update
+from refunddesk.intake.telegram import parse_update
 from refunddesk.bot.send import MESSAGE_LIMIT, button_label, command_menu, keyboard, split_text
 from refunddesk.render import environment
 

@@ -18,6 +18,7 @@ from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
+from refunddesk.addresses import Addresses
 from refunddesk.intake.parsed import Parsed
 from refunddesk.policy.extract import detect_language
 from refunddesk.policy.model import InboundMessage
@@ -34,15 +35,6 @@ CASE_REF = re.compile(r"(?i)(RF|AP)-\d{6}")
 MESSAGE_ID = re.compile(r"<([!-;=?-~]{1,250})>")  # printable ASCII but < and >: safe to echo in a header
 MAX_BOUNDARY_LINES = MAX_PARTS * 2
 MAX_MULTIPART_HEADERS = MAX_DEPTH * 4
-
-
-@dataclass(frozen=True)
-class Addresses:
-    refunds: str
-    appeals: str
-
-    def ours(self) -> tuple[str, str]:
-        return (self.refunds.lower(), self.appeals.lower())
 
 
 def parse_mail(raw: bytes, meta: dict[str, Any], addresses: Addresses, received_at: datetime) -> Parsed:

@@ -23,8 +23,8 @@ import sqlite_utils
 
 from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
-from refunddesk.intake.delivery import deliver_due
-from refunddesk.intake.email.send import EmailSender
+from refunddesk.outbound.delivery import deliver_due
+from refunddesk.outbound.email_sender import EmailSender
 from refunddesk.store import cases as case_store
 from refunddesk.store import spool
 from refunddesk.store.clock import utcnow

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
-from refunddesk.intake.delivery import PermanentFailure, TemporaryFailure
+from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure
 
-from .charsets import one_line
-from .registry import WRITING
+from refunddesk.intake.email.charsets import one_line
+from refunddesk.intake.email.registry import WRITING
 
 if TYPE_CHECKING:
     from refunddesk.desk import Desk

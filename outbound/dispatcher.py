@@ -12,23 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Awaitable, Callable
 
 from refunddesk.desk import Desk
-from refunddesk.intake.delivery import Sender, deliver_due
-from refunddesk.intake.email.send import EmailSender
+from refunddesk.outbound.delivery import Sender, deliver_due
 from refunddesk.store.clock import utcnow
 from refunddesk.store.outbox import next_due_at
 
 log = logging.getLogger("refunddesk.outbound")
 IDLE_WAIT = 1.0  # rows written by other processes (an agent's CLI) are found at this pace
 STOP_TIMEOUT = 30
+Closer = Callable[[], Awaitable[None]]
 
 
 class Outbound:
     """The send loop in a thread of its own, with its own event loop."""
 
-    def __init__(self, desk: Desk) -> None:
+    def __init__(self, desk: Desk, open_senders: Callable[[Desk], tuple[list[Sender], list[Closer]]]) -> None:
         self.desk = desk
+        self.open_senders = open_senders  # every enabled channel's sender (worker/senders.py)
         self.due = threading.Event()  # a reply was written, or a retry may be due
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -50,7 +52,7 @@ class Outbound:
                 log.warning("the senders did not finish within %s s", timeout)
 
     async def run(self) -> None:
-        senders, closers = self.open_senders()
+        senders, closers = self.open_senders(self.desk)
         db = self.desk.open_db(durable=False)  # a delivery record lost to a power cut means one letter twice
         try:
             while not self.stopping.is_set():
@@ -66,26 +68,6 @@ class Outbound:
             for close in closers:
                 await close()
             db.conn.close()
-
-    def open_senders(self) -> tuple[list[Sender], list]:
-        config = self.desk.config
-        email_sender = EmailSender.for_desk(self.desk)
-        senders: list[Sender] = [email_sender]
-        closers = [email_sender.close]
-        if config["telegram.enabled"]:
-            from refunddesk.bot.send import TelegramSender, make_bot
-
-            telegram = TelegramSender(make_bot(config))
-            connecting = asyncio.create_task(telegram.connect(), name="telegram-sender-connect")
-
-            async def close_telegram() -> None:
-                connecting.cancel()
-                await asyncio.gather(connecting, return_exceptions=True)
-                await telegram.close()
-
-            senders.append(telegram)
-            closers.append(close_telegram)
-        return senders, closers
 
 
 async def rest(sender: Sender) -> None:
