@@ -1,80 +1,143 @@
 """The Telegram channel's edge: poll the Bot API, store every private update, ring the worker.
 
 Only accepting happens here (ARCHITECTURE.md, "Edges only accept"): an update's files are
-downloaded into the evidence store, the update is spooled as raw JSON, and only then is it
-acknowledged. Telegram counts an update as acknowledged when a later getUpdates asks for a
-higher offset. PTB's own Updater asks for that offset as soon as it has queued the updates,
-before any handler ran, so a crash there loses them. We poll ourselves instead: each update
-goes through the PTB Application's handlers (`process_update`, which awaits the handler),
-and the offset moves past it only when the handler committed the spool row. A crash at any
-point means Telegram sends the update again, and the spool's unique update_id keeps one copy.
+downloaded into the evidence store, the update is spooled as the raw JSON Telegram sent, and
+only then is it acknowledged. Telegram counts an update as acknowledged when a later
+getUpdates asks for a higher offset. PTB's own Updater asks for that offset as soon as it has
+queued the updates, before any handler ran, so a crash there loses them; and it parses every
+update of a page before handing out any, so one it cannot parse fails the page for ever. We
+poll ourselves instead, for the raw updates, and read each with intake/telegram.py.
 
-The updates of one getUpdates are accepted chat by chat at once, each chat's in order: one
-after another, every update waited for the previous one's answerCallbackQuery, download and
-commit, and a burst of 1,000 dialogs was answered at ~190 updates/s with the machine's CPU a
-third idle (bench/telegram.py). Their spool rows are committed together (store/committer.py).
+Every update ends in one of three ways: stored (a pending spool row), kept as a dead letter
+(one the desk cannot read: no chat, no sender, an edit, a file whose getFile names no
+file_path, anything that raises while it is stored; its raw JSON stays in the spool with the
+reason), or passed by (a group's or a channel's: not ours). Only the store failing keeps an
+update unacknowledged, and it is tried again; a poison update costs one dead letter.
+
+Each chat has a lane of its own: its updates are accepted one after another, in order, while
+other chats' go on. A chat waiting for a file (Telegram's flood wait, a retry) holds back
+only its own later updates: the offset moves up to the oldest update still in hand, and the
+pages are fetched again from there, so the others are taken meanwhile (up to Telegram's page
+of 100 past the one in hand; the wait for a file is bounded, LONGEST_FILE_WAIT).
+
+Downloads stream, counting bytes, and stop at the limit whatever size was declared. Every
+retry waits at least what Telegram named (`retry_after`); a file given up reaches the worker
+as `lost_files`, and the customer is asked to send it again (intake/pipeline.py).
+
+Edits (`edited_message`) are dead letters, as the issue asks: the reply to a message went out
+when it arrived, and a polite word about an edit would need the dialog, which the edge does
+not run. The bot does not ask for edits (allowed_updates); one that comes anyway is kept.
 
 No ConversationHandler and no PTB persistence: the dialog's state lives in our store.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-from datetime import datetime
+import warnings
+from collections import deque
+from datetime import datetime, timezone
 from typing import Any, Callable
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from telegram import BotCommand, Message, Update
-from telegram.error import BadRequest, Conflict, InvalidToken, TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+import httpx
+from telegram import BotCommand
+from telegram.error import BadRequest, Conflict, InvalidToken, RetryAfter, TelegramError
+from telegram.warnings import PTBUserWarning
 
-from refunddesk.intake.telegram import COMMANDS
-from refunddesk.bot.send import RETRY_SECONDS, command_menu, make_bot, retry_pause, until_it_answers
+from refunddesk.bot.send import RETRY_SECONDS, command_menu, make_bot, retry_pause, seconds_of, until_it_answers
 from refunddesk.desk import Desk
+from refunddesk.intake.telegram import READ_KINDS, chat_id_of, is_ours, problem_of
 from refunddesk.store import evidence, spool
-from refunddesk.store.committer import GroupCommitter
 from refunddesk.store.clock import utcnow
+from refunddesk.store.committer import GroupCommitter
 
 log = logging.getLogger("refunddesk.bot")
 LONG_POLL_SECONDS = 25
-ALLOWED_UPDATES = ["message", "callback_query"]
+PAGE = 100  # updates per getUpdates: Telegram's most
+STALL_POLL_SECONDS = 0.5  # while an update is in hand and nothing new came, look again this often
 BOT_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the cloud Bot API serves no larger file to a bot
-DOWNLOAD_ATTEMPTS = 4  # then the message is kept without the file, so later updates are not blocked
-PRIVATE = filters.ChatType.PRIVATE
+DOWNLOAD_ATTEMPTS = 4  # then the message is kept without the file, and the customer told
+DOWNLOAD_PAUSES = (1, 2, 5)  # seconds before the 2nd, 3rd, 4th try, unless Telegram names longer
+LONGEST_FILE_WAIT = 60  # Telegram asking for a longer wait gives the file up (no call before it)
+DOWNLOAD_CHUNK = 64 * 1024
+DOWNLOAD_TIMEOUT = httpx.Timeout(30, connect=10)  # read: per chunk, so a stalled transfer ends
+STORE_ATTEMPTS = 3  # a spool write failing this often makes the update a dead letter, if that can be stored
+
+# We ask getUpdates for raw JSON through do_api_request, which warns that get_updates exists.
+warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning)
 
 
-class NotAccepted(Exception):
-    """An update could not be stored; it stays unacknowledged and Telegram sends it again."""
+class UnreadableFile(Exception):
+    """getFile answered, but with nothing to download: the update becomes a dead letter."""
+
+
+class FileNotServed(Exception):
+    """The file server answered the download with an error status."""
+
+    def __init__(self, status: int, retry_after: float | None) -> None:
+        super().__init__(f"the file server answered {status}")
+        self.retry_after = retry_after
+
+
+class Ledger:
+    """Which fetched updates are in hand, and so the offset Telegram may be given: every update
+    below it was stored, kept as a dead letter or passed by."""
+
+    def __init__(self) -> None:
+        self.offset: int | None = None
+        self.open: set[int] = set()
+        self.closed: set[int] = set()  # finished, at or above the offset
+        self.highest = -1
+
+    def is_new(self, update_id: int) -> bool:
+        if self.offset is not None and update_id < self.offset:
+            return False  # a replay of one we finished (a restarted Bot API server, a proxy)
+        return update_id not in self.open and update_id not in self.closed
+
+    def take(self, update_id: int) -> None:
+        self.open.add(update_id)
+        self.highest = max(self.highest, update_id)
+
+    def close(self, update_id: int) -> bool:
+        """Finish one update; True when the offset moved."""
+        self.open.discard(update_id)
+        self.closed.add(update_id)
+        offset = min(self.open) if self.open else self.highest + 1
+        if self.offset is not None and offset <= self.offset:
+            return False
+        self.offset = offset
+        self.closed = {i for i in self.closed if i >= offset}
+        return True
+
+    @property
+    def known(self) -> int:
+        """Updates at or above the offset we have already: the next page holds only these when
+        there are a page of them."""
+        return len(self.open) + len(self.closed)
 
 
 class TelegramBot:
     def __init__(self, desk: Desk, wake: Callable[[], None]) -> None:
         config = desk.config
         # The replies leave from the worker's process (outbound/dispatcher.py), by a Bot of its own.
-        self.app = Application.builder().bot(make_bot(config)).updater(None).build()
+        self.bot = make_bot(config)
+        self.secrets = [s for s in (config.telegram.token,) if s]
         self.desk = desk
         self.wake = wake
-        self.file_limit = min(config["telegram.max_file_bytes"], BOT_API_DOWNLOAD_LIMIT)
+        self.file_limit = min(config.telegram.max_file_bytes, BOT_API_DOWNLOAD_LIMIT)
+        self.files_http = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, headers={"Accept-Encoding": "identity"})
         self.connected = False
         self.db = desk.open_db()
         self.committer = GroupCommitter(desk.open_db, "telegram-spool")
-        self.offset: int | None = None
-        self.failures: dict[int, BaseException] = {}
+        self.ledger = Ledger()
+        self.progress = asyncio.Event()  # the offset moved
+        self.chats: dict[Any, deque[dict[str, Any]]] = {}  # each chat's updates in hand, in order
+        self.lanes: set[asyncio.Task] = set()
         self.in_flight: set[asyncio.Future] = set()
-        self.download_failures: dict[str, int] = {}
         self.task: asyncio.Task | None = None
-        self.add_handlers()
-
-    def add_handlers(self) -> None:
-        app = self.app
-        app.add_handler(CommandHandler(list(COMMANDS), self.store_update, filters=PRIVATE))
-        app.add_handler(MessageHandler(PRIVATE & filters.PHOTO, self.store_update))
-        app.add_handler(MessageHandler(PRIVATE & filters.Document.ALL, self.store_update))
-        app.add_handler(MessageHandler(PRIVATE & filters.TEXT, self.store_update))
-        # Stickers, voice notes, locations: kept too, so the dialog can ask again politely.
-        app.add_handler(MessageHandler(PRIVATE & filters.UpdateType.MESSAGE, self.store_update))
-        app.add_handler(CallbackQueryHandler(self.store_button))
-        app.add_error_handler(self.remember_failure)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -85,17 +148,21 @@ class TelegramBot:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+        for lane in list(self.lanes):  # an update cut off here is not acknowledged: it comes again
+            lane.cancel()
+        await asyncio.gather(*self.lanes, return_exceptions=True)
         # A spool commit already running in a thread finishes before its connection closes.
         await asyncio.gather(*self.in_flight, return_exceptions=True)
-        if self.offset is not None and self.connected:
+        if self.ledger.offset is not None and self.connected:
             # Tell Telegram what we stored, so the next start does not fetch it again
             # (harmless if this fails: the spool drops an update_id it already has).
             try:
-                await asyncio.wait_for(self.app.bot.get_updates(offset=self.offset, timeout=0, limit=1, allowed_updates=ALLOWED_UPDATES), 3)
+                await asyncio.wait_for(self.get_updates(self.ledger.offset, 0, limit=1), 3)
             except (TelegramError, asyncio.TimeoutError) as exc:
-                log.debug("final acknowledgement failed: %s", exc)
+                log.debug("final acknowledgement failed: %s", self.redact(exc))
         self.connected = False
-        await self.app.shutdown()
+        await self.bot.shutdown()
+        await self.files_http.aclose()
         await asyncio.to_thread(self.committer.close)  # after the spool rows still queued
         self.db.conn.close()
 
@@ -104,8 +171,7 @@ class TelegramBot:
         errors = 0
         while True:
             try:
-                updates = await self.app.bot.get_updates(offset=self.offset, timeout=LONG_POLL_SECONDS, allowed_updates=ALLOWED_UPDATES)
-                await self.accept_all(updates)
+                await self.poll()
                 errors = 0
             except asyncio.CancelledError:
                 raise
@@ -114,10 +180,10 @@ class TelegramBot:
                 log.warning("another client polls this bot (%s); retrying", exc)
             except InvalidToken as exc:
                 errors = len(RETRY_SECONDS)
-                log.error("Telegram rejected the bot token: %s", exc)
-            except (TelegramError, NotAccepted) as exc:
+                log.error("Telegram rejected the bot token: %s", self.redact(exc))
+            except TelegramError as exc:
                 errors += 1
-                log.warning("Telegram polling: %s; retrying", exc)
+                log.warning("Telegram polling: %s; retrying", self.redact(exc))
             except Exception:
                 errors += 1
                 log.exception("Telegram polling failed; retrying")
@@ -129,89 +195,169 @@ class TelegramBot:
         until Telegram answers, so email keeps working while Telegram is unreachable."""
 
         async def introduce() -> None:
-            await self.app.initialize()
-            await self.app.bot.delete_webhook(drop_pending_updates=False)
+            await self.bot.initialize()
+            await self.bot.delete_webhook(drop_pending_updates=False)
             await self.set_commands()
 
-        await until_it_answers(introduce, lambda exc: log.warning("cannot reach the Telegram Bot API (%s); retrying", exc))
+        await until_it_answers(
+            introduce, lambda exc: log.warning("cannot reach the Telegram Bot API (%s); retrying", self.redact(exc)))
         self.connected = True
-        log.info("Telegram bot @%s polling", self.app.bot.username)
+        log.info("Telegram bot @%s polling", self.bot.username)
 
     async def set_commands(self) -> None:
-        await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in command_menu("en")])
-        await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in command_menu("zh")], language_code="zh")
+        for language in ("en", "zh"):
+            commands = [BotCommand(name, text) for name, text in command_menu(language)]
+            await self.bot.set_my_commands(commands, language_code=None if language == "en" else language)
+
+    # --- polling -------------------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        """One getUpdates (acknowledging what is finished), its new updates handed to their
+        chats' lanes. While updates are in hand Telegram answers at once (with those), so the
+        next poll waits for the offset to move, or a moment, instead of asking in a loop."""
+        ledger = self.ledger
+        self.progress.clear()
+        if ledger.known >= PAGE:  # the page would hold only updates we have
+            await self.progress_or(STALL_POLL_SECONDS)
+            return
+        busy = bool(ledger.open)
+        updates = await self.get_updates(ledger.offset, 0 if busy else LONG_POLL_SECONDS)
+        fresh = 0
+        for update in updates:
+            if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+                log.warning("Telegram sent an update without an update_id; passed by")
+                continue
+            if ledger.is_new(update["update_id"]):
+                self.take(update)
+                fresh += 1
+        if busy and not fresh:
+            await self.progress_or(STALL_POLL_SECONDS)
+
+    async def get_updates(self, offset: int | None, timeout: float, limit: int = PAGE) -> list[Any]:
+        """The raw updates: each is read on its own, so one the library could not parse spoils
+        no other."""
+        arguments: dict[str, Any] = {"timeout": timeout, "limit": limit, "allowed_updates": list(READ_KINDS)}
+        if offset is not None:
+            arguments["offset"] = offset
+        result = await self.bot.do_api_request("getUpdates", api_kwargs=arguments, read_timeout=timeout + 10)
+        return result if isinstance(result, list) else []
+
+    async def progress_or(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.progress.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def take(self, update: dict[str, Any]) -> None:
+        """Into its chat's lane (a lane of its own when it names no chat)."""
+        update_id = update["update_id"]
+        self.ledger.take(update_id)
+        chat = chat_id_of(update)
+        key = chat if chat is not None else ("update", update_id)
+        waiting = self.chats.get(key)
+        if waiting is not None:
+            waiting.append(update)
+            return
+        self.chats[key] = deque([update])
+        lane = asyncio.create_task(self.accept_chat(key), name=f"telegram-chat-{update_id}")
+        self.lanes.add(lane)
+        lane.add_done_callback(self.lanes.discard)
+
+    async def accept_chat(self, key: Any) -> None:
+        """The chat's updates in order. A run of them that need no call to Telegram first (no
+        button to answer, no file) is accepted at once: their spool writes are queued in order
+        (each accept's first await is its write) and share one commit, where one at a time a
+        flooding chat cost a commit, an fsync, per message."""
+        waiting = self.chats[key]
+        try:
+            while waiting:
+                run = [waiting[0]]
+                if offline(run[0]):
+                    run = list(itertools.takewhile(offline, itertools.islice(waiting, PAGE)))
+                await asyncio.gather(*(self.accept(update) for update in run))
+                for update in run:
+                    waiting.popleft()
+                    if self.ledger.close(update["update_id"]):
+                        self.progress.set()
+        finally:
+            del self.chats[key]
 
     # --- accepting one update ------------------------------------------------------------------
 
-    async def accept_all(self, updates: list[Update]) -> None:
-        """Every chat's updates at once, each chat's in order; then the offset moves past all
-        updates below the first that could not be stored (NotAccepted for that one). A chat
-        stops at its failed update, so its later ones wait for the retry; other chats' later
-        ones may be stored already, and the spool keeps one copy when they come again."""
-        chats: dict[Any, list[Update]] = {}
-        for update in updates:
-            chat = update.effective_chat
-            chats.setdefault(chat.id if chat is not None else ("update", update.update_id), []).append(update)
-        failed: list[tuple[int, NotAccepted]] = []
+    async def accept(self, update: dict[str, Any]) -> None:
+        """Store the update, or keep it as a dead letter, or pass it by; returns when it is one
+        of those (while the store itself fails, it tries again: nothing is acknowledged)."""
+        problem = problem_of(update)
+        if problem is None and not is_ours(update):
+            return  # a group's, a channel's, an inline-mode button: not ours
+        if problem is None:
+            try:
+                await self.store(update)
+                return
+            except asyncio.CancelledError:
+                raise
+            except UnreadableFile as exc:
+                problem = str(exc)
+            except Exception as exc:
+                problem = self.redact(f"{type(exc).__name__}: {exc}")
+                log.error("Telegram update %s could not be stored (%s); kept as a dead letter",
+                          update["update_id"], problem)
+        await self.keep_dead(update, problem)
 
-        async def accept_chat(chat_updates: list[Update]) -> None:
-            for update in chat_updates:
-                try:
-                    await self.accept(update)
-                except NotAccepted as exc:
-                    failed.append((update.update_id, exc))
-                    return
-
-        await asyncio.gather(*(accept_chat(chat_updates) for chat_updates in chats.values()))
-        first_failed = min((update_id for update_id, _ in failed), default=None)
-        stored = [u.update_id for u in updates if first_failed is None or u.update_id < first_failed]
-        if stored:
-            # max(): a replayed older update must not move the acknowledgement back.
-            self.offset = max(self.offset or 0, max(stored) + 1)
-        if failed:
-            raise min(failed, key=lambda item: item[0])[1]
-
-    async def accept(self, update: Update) -> None:
-        """Run the update through the handlers; raise unless it was stored or deliberately ignored."""
-        self.failures.pop(update.update_id, None)
-        await self.app.process_update(update)
-        failure = self.failures.pop(update.update_id, None)
-        if failure is not None:
-            raise NotAccepted(f"update {update.update_id} not stored: {failure}") from failure
-
-    async def remember_failure(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        if isinstance(update, Update):
-            self.failures[update.update_id] = context.error or RuntimeError("unknown handler error")
-        if not isinstance(context.error, TelegramError):  # Telegram's own errors are logged by run()
-            log.error("handling a Telegram update failed", exc_info=context.error)
-
-    async def store_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        query = update.callback_query
-        message = query.message
-        if message is None or message.chat.type != "private":
-            return  # inline-mode or group buttons are not ours
-        try:
-            await query.answer()  # at once: the client shows a spinner until we answer
-        except TelegramError as exc:  # too old after a restart; the press still counts
-            log.debug("answerCallbackQuery failed: %s", exc)
-        await self.store_update(update, context)
-
-    async def store_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        transport_id = str(update.update_id)
-        message = update.message
-        # Only a message with files needs the replay check first (no second download); for
-        # any other update spool() itself keeps the one row, and a thread hop is saved.
-        if message is not None and (message.photo or message.document) and self.spooled(transport_id):
-            return  # a replay of an update we stored before a restart: no second download
+    async def store(self, update: dict[str, Any]) -> None:
+        transport_id = str(update["update_id"])
+        query = update.get("callback_query")
+        if query is not None:
+            await self.answer_button(query)
+        message = update.get("message") or {}
         meta: dict[str, Any] = {}
-        if update.message is not None:
-            meta = await self.fetch_files(update.message)
-        raw = json.dumps(update.to_dict(), ensure_ascii=False).encode("utf-8")
-        at = received_at(update)
-        chat = update.effective_chat.id if update.effective_chat else None
-        _, new = await self.committer.write(lambda db: spool.spool(db, "telegram", transport_id, raw, at, meta, chat), len(raw))
+        if message.get("photo") or message.get("document"):
+            # Only a message with files needs the replay check first (no second download); for
+            # any other update spool() itself keeps the one row, and a thread hop is saved.
+            if self.spooled(transport_id):
+                return  # a replay of an update we stored before a restart
+            meta = await self.fetch_files(message)
+        raw = json.dumps(update, ensure_ascii=False).encode("utf-8")
+        at, chat = received_at(update), chat_id_of(update)
+        write = lambda db: spool.spool(db, "telegram", transport_id, raw, at, meta, chat)  # noqa: E731
+        _, new = await self.commit(write, len(raw), STORE_ATTEMPTS)
         if new:
             self.wake()
+
+    async def keep_dead(self, update: dict[str, Any], problem: str) -> None:
+        """The update's raw JSON in the spool as a dead letter with the reason (agents see it,
+        `refunddesk deadletters` lists it); tried until the store takes it."""
+        log.warning("Telegram update %s kept as a dead letter: %s", update.get("update_id"), problem)
+        raw = json.dumps(update, ensure_ascii=True).encode("ascii")  # ASCII: even a lone surrogate is kept
+        at, chat = received_at(update), chat_id_of(update)
+        error = f"unreadable Telegram update: {problem}"[:1000]
+
+        def piece(db) -> None:
+            inbound_id, new = spool.spool(db, "telegram", str(update["update_id"]), raw, at, {}, chat)
+            if new:
+                spool.finish(db, inbound_id, "dead", utcnow(), error=error)
+
+        await self.commit(piece, len(raw))
+
+    async def commit(self, piece: Callable[[Any], Any], size: int, attempts: int | None = None) -> Any:
+        """A spool write through the group committer, tried again after a pause when the store
+        fails; after `attempts` failures the error is raised (None: tried until it succeeds)."""
+        failures = 0
+        while True:
+            try:
+                return await self.committer.write(piece, size)
+            except Exception as exc:
+                failures += 1
+                if attempts is not None and failures >= attempts:
+                    raise
+                log.warning("storing a Telegram update failed (%s); retrying", exc)
+                await asyncio.sleep(retry_pause(failures))
+
+    async def answer_button(self, query: dict[str, Any]) -> None:
+        try:
+            await self.bot.answer_callback_query(str(query.get("id") or ""))  # at once: the client shows a spinner
+        except TelegramError as exc:  # too old after a restart; the press still counts
+            log.debug("answerCallbackQuery failed: %s", self.redact(exc))
 
     async def in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         """Blocking store work off the event loop; shielded, so a stop cannot cut a commit or
@@ -223,83 +369,133 @@ class TelegramBot:
 
     def spooled(self, transport_id: str) -> bool:
         """On the loop itself: one read by a unique index, which a WAL reader never waits for."""
-        row = self.db.execute("SELECT 1 FROM inbound WHERE channel = 'telegram' AND transport_id = ?", [transport_id]).fetchone()
+        row = self.db.execute("SELECT 1 FROM inbound WHERE channel = 'telegram' AND transport_id = ?",
+                              [transport_id]).fetchone()
         return row is not None
 
-    async def fetch_files(self, message: Message) -> dict[str, Any]:
+    # --- files ---------------------------------------------------------------------------------
+
+    async def fetch_files(self, message: dict[str, Any]) -> dict[str, Any]:
         """Download the message's photo (largest size that fits) and document into the blob
-        store. A file over the limit is refused by its declared size, before any download."""
-        files: list[dict[str, Any]] = []
-        refused: list[dict[str, Any]] = []
+        store. A file over the limit by its declared size is refused before any download."""
+        found: dict[str, list[dict[str, Any]]] = {"files": [], "refused_files": [], "lost_files": []}
         wanted = []
-        if message.photo:
-            fitting = [p for p in message.photo if (p.file_size or 0) <= self.file_limit]
+        photos = [p for p in message.get("photo") or () if isinstance(p, dict)]
+        if photos:
+            fitting = [p for p in photos if size_of(p) <= self.file_limit]
             if fitting:
-                best = max(fitting, key=lambda p: (p.width * p.height, p.file_size or 0))
-                wanted.append((best, f"photo-{best.file_unique_id}.jpg", "image/jpeg"))
+                best = max(fitting, key=lambda p: (int(p.get("width") or 0) * int(p.get("height") or 0), size_of(p)))
+                wanted.append((best, f"photo-{best.get('file_unique_id')}.jpg", "image/jpeg"))
             else:
-                biggest = message.photo[-1]
-                refused.append({"filename": f"photo-{biggest.file_unique_id}.jpg", "size": biggest.file_size or 0, "limit": self.file_limit})
-        if message.document:
-            document = message.document
-            name = document.file_name or f"document-{document.file_unique_id}"
-            wanted.append((document, name, document.mime_type or "application/octet-stream"))
-        lost: list[dict[str, Any]] = []
+                biggest = photos[-1]
+                name = f"photo-{biggest.get('file_unique_id')}.jpg"
+                found["refused_files"].append(self.refusal(name, size_of(biggest)))
+        document = message.get("document")
+        if isinstance(document, dict):
+            name = str(document.get("file_name") or f"document-{document.get('file_unique_id')}")
+            wanted.append((document, name, str(document.get("mime_type") or "application/octet-stream")))
         for item, filename, content_type in wanted:
-            if (item.file_size or 0) > self.file_limit:
-                refused.append({"filename": filename, "size": item.file_size, "limit": self.file_limit})
+            if size_of(item) > self.file_limit:
+                found["refused_files"].append(self.refusal(filename, size_of(item)))
                 continue
+            kind, entry = await self.fetch_file(str(item.get("file_id") or ""), filename, content_type)
+            found[kind].append(entry)
+        return {kind: entries for kind, entries in found.items() if entries}
+
+    async def fetch_file(self, file_id: str, filename: str, content_type: str) -> tuple[str, dict[str, Any]]:
+        """("files" | "refused_files" | "lost_files", its entry). A failed try is tried again,
+        after the wait Telegram named or a growing pause, a few times; then the file is lost."""
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            pause = DOWNLOAD_PAUSES[min(attempt, len(DOWNLOAD_PAUSES)) - 1]
             try:
-                stored = await self.download(item.file_id, filename, content_type)
+                return await self.download(file_id, filename, content_type)
+            except RetryAfter as exc:
+                error, wait = exc, seconds_of(exc)
+            except FileNotServed as exc:
+                error, wait = exc, exc.retry_after or pause
             except BadRequest as exc:
-                if "too big" not in str(exc).lower():
-                    self.give_up_or_raise(item.file_unique_id, exc)
-                    lost.append({"filename": filename, "error": str(exc)[:200]})
-                else:  # the file's size was not declared, and Telegram will not serve it
-                    refused.append({"filename": filename, "size": item.file_size or 0, "limit": self.file_limit})
-                continue
-            except TelegramError as exc:
-                self.give_up_or_raise(item.file_unique_id, exc)
-                lost.append({"filename": filename, "error": str(exc)[:200]})
-                continue
-            self.download_failures.pop(item.file_unique_id, None)
-            (files if "sha256" in stored else refused).append(stored)
-        meta: dict[str, Any] = {}
-        if files:
-            meta["files"] = files
-        if refused:
-            meta["refused_files"] = refused
-        if lost:
-            meta["lost_files"] = lost
-        return meta
+                if "too big" in str(exc).lower():  # the file's size was not declared, and Telegram will not serve it
+                    return "refused_files", self.refusal(filename, 0)
+                error, wait = exc, pause
+            except (TelegramError, httpx.HTTPError) as exc:
+                error, wait = exc, pause
+            if attempt == DOWNLOAD_ATTEMPTS or wait > LONGEST_FILE_WAIT:
+                break
+            await asyncio.sleep(wait)
+        reason = self.redact(error)[:200]
+        log.warning("giving up on Telegram file %s after %d attempts: %s", filename, attempt, reason)
+        return "lost_files", {"filename": filename, "error": reason}
 
-    def give_up_or_raise(self, file_unique_id: str, exc: TelegramError) -> None:
-        """Retry a failed download with the whole update (unacknowledged, so nothing is lost),
-        but only a few times: one file that never downloads must not block every later update.
-        After that the message is kept without the file, and the failure is logged."""
-        failures = self.download_failures.get(file_unique_id, 0) + 1
-        if failures < DOWNLOAD_ATTEMPTS:
-            self.download_failures[file_unique_id] = failures
-            raise exc
-        self.download_failures.pop(file_unique_id, None)
-        log.warning("giving up on Telegram file %s after %d attempts: %s", file_unique_id, failures, exc)
-
-    async def download(self, file_id: str, filename: str, content_type: str) -> dict[str, Any]:
-        file = await self.app.bot.get_file(file_id)
+    async def download(self, file_id: str, filename: str, content_type: str) -> tuple[str, dict[str, Any]]:
+        """Stream the file, counting its bytes: past the limit the transfer is cut, whatever
+        size was declared (a 300 MB file of no declared size once went into memory whole)."""
+        file = await self.bot.get_file(file_id)
         if (file.file_size or 0) > self.file_limit:
-            return {"filename": filename, "size": file.file_size, "limit": self.file_limit}
-        data = bytes(await file.download_as_bytearray())
-        if len(data) > self.file_limit:  # the declared size was missing or wrong
-            return {"filename": filename, "size": len(data), "limit": self.file_limit}
+            return "refused_files", self.refusal(filename, file.file_size)
+        data = bytearray()
+        async with self.files_http.stream("GET", file_url(file.file_path)) as response:
+            if response.status_code != 200:
+                raise FileNotServed(response.status_code, retry_after_header(response))
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > self.file_limit:
+                return "refused_files", self.refusal(filename, declared)
+            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
+                data += chunk
+                if len(data) > self.file_limit:
+                    return "refused_files", self.refusal(filename, 0)  # its size is unknown: more than the limit
         digest, _ = await self.in_thread(evidence.write_blob, self.desk.files, data)
-        return {"filename": filename, "content_type": content_type, "size": len(data), "sha256": digest, "file_unique_id": file.file_unique_id}
+        return "files", {"filename": filename, "content_type": content_type, "size": len(data), "sha256": digest,
+                         "file_unique_id": file.file_unique_id}
+
+    def refusal(self, filename: str, size: int | None) -> dict[str, Any]:
+        return {"filename": filename, "size": size or 0, "limit": self.file_limit}
+
+    def redact(self, error: object) -> str:
+        """An error's text without the bot token (file URLs and API URLs carry it)."""
+        text = str(error)
+        for secret in self.secrets:
+            text = text.replace(secret, "<token>").replace(quote(secret), "<token>")
+        return text
 
 
-def received_at(update: Update) -> datetime:
+def file_url(file_path: str | None) -> str:
+    """The download address PTB made of getFile's relative file_path, its path quoted as PTB
+    quotes it. None, or a local path (the answer of a Bot API server in local mode, which we
+    never use), leaves nothing to download."""
+    if not file_path:
+        raise UnreadableFile("getFile answered without a file_path")
+    parts = urlsplit(file_path)
+    if parts.scheme not in ("http", "https"):
+        raise UnreadableFile("getFile answered a local file_path")
+    return urlunsplit(parts._replace(path=quote(parts.path)))
+
+
+def retry_after_header(response: httpx.Response) -> float | None:
+    try:
+        return max(float(response.headers.get("Retry-After", "")), 1.0)
+    except ValueError:
+        return None
+
+
+def offline(update: dict[str, Any]) -> bool:
+    """Accepted without a call to Telegram: no button press (answered first), no file."""
+    message = update.get("message")
+    has_files = isinstance(message, dict) and bool(message.get("photo") or message.get("document"))
+    return "callback_query" not in update and not has_files
+
+
+def size_of(item: dict[str, Any]) -> int:
+    return int(item.get("file_size") or 0)
+
+
+def received_at(update: dict[str, Any]) -> datetime:
     # A message keeps the moment the customer sent it, even if we were down then: the policy's
     # deadlines count from when the customer asked. A button press carries no date.
-    message = update.message
-    return message.date if message is not None and message.date else utcnow()
+    date = (update.get("message") or {}).get("date") if isinstance(update.get("message"), dict) else None
+    try:
+        return datetime.fromtimestamp(int(date), timezone.utc) if date else utcnow()
+    except (TypeError, ValueError, OverflowError, OSError):
+        return utcnow()
 
 
 async def start_bot(desk: Desk, wake: Callable[[], None]) -> TelegramBot:

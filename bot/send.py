@@ -51,10 +51,10 @@ async def until_it_answers(call: Callable[[], Awaitable[Any]], failed: Callable[
 
 def make_bot(config) -> Bot:
     """The Bot API client for the configured token (and API server, for a local or test one)."""
-    api_url = config["telegram.api_url"].rstrip("/")
+    api_url = config.telegram.api_url.rstrip("/")
     if api_url:
-        return Bot(config["telegram.token"], base_url=f"{api_url}/bot", base_file_url=f"{api_url}/file/bot")
-    return Bot(config["telegram.token"])
+        return Bot(config.telegram.token, base_url=f"{api_url}/bot", base_file_url=f"{api_url}/file/bot")
+    return Bot(config.telegram.token)
 
 
 class TelegramSender:

@@ -137,7 +137,7 @@ def chat_case(desk: Desk, db: sqlite_utils.Database, chat_id: int, answers: dict
 def send_email(desk: Desk, db: sqlite_utils.Database) -> list[Path]:
     """Run the real email sender once (no relay configured: each letter becomes an .eml file)."""
     asyncio.run(deliver_due(db, EmailSender.for_desk(desk)))
-    return sorted(desk.config.path("email.outgoing.folder").glob("*.eml"))
+    return sorted(desk.config.email.outgoing.folder.glob("*.eml"))
 
 
 def letters_to(folder: Path, recipient: str) -> list[email.message.EmailMessage]:

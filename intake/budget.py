@@ -8,7 +8,7 @@ long`, its raw bytes intact) and answered like refused mail, and the next messag
 at once.
 
 The budget counts CPU time of the thread that processes the message: what the message costs.
-The worker runs at the lowest CPU priority on purpose (worker/process.py), so on a busy
+The worker runs below the channels on purpose (nice 5, worker/process.py), so on a busy
 machine an ordinary message of 5 ms waited seconds for the CPU, and a budget in wall-clock
 time stopped it as if it were costly.
 

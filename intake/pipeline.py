@@ -28,7 +28,8 @@ from refunddesk.intake.parsed import Parsed
 from refunddesk.intake.telegram import parse_update
 from refunddesk.policy import dialog
 from refunddesk.policy.context import Context, History
-from refunddesk.policy.model import Attachment, Case, Reply
+from refunddesk.policy.model import Attachment, Case, InboundMessage, Reply
+from refunddesk.policy.text import READ_LIMIT
 from refunddesk.render import render
 from refunddesk.store import cases as case_store
 from refunddesk.store import events, evidence, outbox, spool
@@ -43,6 +44,7 @@ REPEAT_WINDOW = timedelta(days=30)
 # SMTP receiver's 250s wait for: 8 mails of 20 KB a batch cut acceptance from ~1,080 to ~820
 # mails/s (bench/smtp_intake.py); chat updates (~2 KB) still go 8 at a time.
 BATCH_BYTES = 32 * 1024
+TOO_LARGE_TO_READ = "too large to read"
 
 
 def parse(desk: Desk, row: dict[str, Any]) -> Parsed:
@@ -117,7 +119,14 @@ def process_many(desk: Desk, db: sqlite_utils.Database, inbound_ids: list[int], 
 def prepare(desk: Desk, db: sqlite_utils.Database, inbound_id: int, budget: Budget = NO_BUDGET) -> Prepared | str:
     """Load and parse one row, and write its files (content-addressed, so writing one twice is
     harmless; an orphan of a crash is swept at start-up); its status if it is not pending."""
-    row = spool.load(db, inbound_id)
+    try:
+        row = spool.load(db, inbound_id)
+    except MemoryError:  # not even its raw bytes fit the worker's memory (worker.memory_mb)
+        row = spool.load(db, inbound_id, raw_bytes=65536)
+        if row["status"] != "pending":
+            return row["status"]
+        log.error("inbound %s is larger than the worker may load (worker.memory_mb); kept as a dead letter", inbound_id)
+        return Prepared(row, refused=TOO_LARGE_TO_READ)
     if row["status"] != "pending":
         return row["status"]
     try:
@@ -135,6 +144,10 @@ def read_row(desk: Desk, row: dict[str, Any]) -> Prepared:
     except MailRejected as exc:
         log.warning("inbound %s refused: %s", inbound_id, exc)
         return Prepared(row, refused=str(exc))
+    except MemoryError:
+        # Over the worker's memory limit (worker.memory_mb): this message alone, answered as refused mail.
+        log.error("inbound %s needed more memory than the worker may use (worker.memory_mb); kept as a dead letter", inbound_id)
+        return Prepared(row, refused=TOO_LARGE_TO_READ)
     except Exception as exc:  # any parser bug must cost one message its processing, never the worker
         log.exception("inbound %s could not be parsed; kept as a dead letter", inbound_id)
         return Prepared(row, failure=exc)
@@ -242,7 +255,8 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
         return "done"
 
     case = find_case(db, parsed)
-    if case is None or wants_new_case(case, inbound):
+    opened = case is None or wants_new_case(case, inbound)
+    if opened:
         kind = "appeal" if inbound.command == "appeal" else ("refund" if inbound.command == "refund" else None)
         kind = kind or inbound.kind_hint or "refund"
         case = dialog.new_case(case_store.allocate_case_id(db, kind), inbound, inbound.received_at, kind)
@@ -253,6 +267,8 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
 
     stored = [store_attachment(desk, db, case.id, a, inbound_id, now, file) for a, file in zip(inbound.attachments, files)]
     inbound = replace(inbound, attachments=tuple(stored))
+    if not opened and is_unverified(inbound):
+        return hold_unverified(db, case, parsed, inbound, inbound_id, stored, now)
     ctx = context_for(desk, db, case, inbound)
     result = dialog.step(case, inbound, inbound.received_at, ctx, reading)
     case = result.case
@@ -266,9 +282,14 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
     if authentication:
         message_meta["authentication"] = authentication
     case_store.add_message(db, case.id, "in", inbound.channel, inbound.received_at, inbound.text, sender=inbound.sender, subject=inbound.subject, html=parsed.html, inbound_id=inbound_id, meta=message_meta)
-    if authentication.get("status") == "unverified":
-        # Shown to agents: the trusted upstream MTA could not confirm who sent this mail.
-        events.record(db, case.id, "system", "sender_unverified", now, {"inbound": inbound_id, "results": authentication.get("results", {})})
+    if is_unverified(inbound):
+        # Shown to agents: the trusted upstream MTA could not confirm who sent this mail, or its
+        # From names another mailbox than its envelope.
+        events.record(db, case.id, "system", "sender_unverified", now, {"inbound": inbound_id, "results": authentication.get("results", {}),
+                                                                        "envelope_from": authentication.get("envelope_from", "")})
+    if inbound.meta.get("headers_cut"):
+        # Shown to agents: a header over the reading cap (intake/email/headers.py) was cut.
+        events.record(db, case.id, "system", "headers_cut", now, {"inbound": inbound_id, "headers": inbound.meta["headers_cut"]})
     if authentication.get("removed_forged"):
         events.record(db, case.id, "system", "forged_authentication_removed", now, {"inbound": inbound_id, "fields": authentication.get("forged", [])})
     case_store.remember_message_id(db, parsed.message_id, case.id)
@@ -279,6 +300,9 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
     for refused in inbound.meta.get("refused_files", ()):
         # An adapter refused a file (too large); the customer hears why, with the limit.
         replies.insert(0, Reply("file_refused", {"case_id": case.id, "filename": refused.get("filename", ""), "size": refused.get("size", 0), "limit": refused.get("limit", 0)}, "notice"))
+    for lost in inbound.meta.get("lost_files", ()):
+        # A file the adapter could not get after its retries (bot/app.py): the customer sends it again.
+        replies.insert(0, Reply("file_lost", {"case_id": case.id, "filename": lost.get("filename", "")}, "notice"))
     for reply in replies:
         enqueue_reply(desk, db, case, reply, parsed, now)
     spool.finish(db, inbound_id, "done", now, case_id=case.id, dedup_key=parsed.dedup_key)
@@ -318,13 +342,39 @@ def answers_outside_dialog(db: sqlite_utils.Database, inbound) -> bool:
     return bool(inbound.command) and inbound.command not in ("refund", "appeal") and not case_store.open_case_for(db, inbound.channel, inbound.conversation_key)
 
 
+def is_unverified(inbound: InboundMessage) -> bool:
+    """Mail whose sender nobody vouches for: the trusted MTA's checks failed, or its From names
+    another mailbox than its envelope (a forged From)."""
+    authentication = inbound.meta.get("authentication") or {}
+    return authentication.get("status") == "unverified" or bool(authentication.get("envelope_from"))
+
+
+def hold_unverified(db: sqlite_utils.Database, case: Case, parsed: Parsed, inbound: InboundMessage, inbound_id: int,
+                    stored: list[Attachment], now: datetime) -> str:
+    """An unverified mail to an existing case: its text and files are added for the agent to
+    see, but it changes no field and starts no dialog until the agent, or the case's verified
+    sender, confirms what it says. No letter goes out for it (it could name anyone)."""
+    authentication = inbound.meta.get("authentication") or {}
+    meta = {"message_id": parsed.message_id, "attachments": [a.metadata() for a in stored],
+            "authentication": authentication, "held": True}
+    case_store.add_message(db, case.id, "in", inbound.channel, inbound.received_at, inbound.text, sender=inbound.sender,
+                           subject=inbound.subject, html=parsed.html, inbound_id=inbound_id, meta=meta)
+    events.record(db, case.id, "system", "unverified_message_held", now,
+                  {"inbound": inbound_id, "from": inbound.sender, "envelope_from": authentication.get("envelope_from", ""),
+                   "status": authentication.get("status", "")})
+    case_store.remember_message_id(db, parsed.message_id, case.id)
+    spool.finish(db, inbound_id, "done", now, case_id=case.id, dedup_key=parsed.dedup_key)
+    return "done"
+
+
 def store_attachment(desk: Desk, db: sqlite_utils.Database, case_id: str, attachment: Attachment, inbound_id: int, now: datetime, stored: evidence.StoredFile | None) -> Attachment:
     meta = evidence.attach(db, desk.files, case_id, attachment.data, attachment.filename, attachment.content_type, now, inbound_id, attachment.sha256, stored)
     return Attachment(meta["filename"], meta["content_type"], meta["size"], meta["sha256"], None, attachment.inline)
 
 
 def context_for(desk: Desk, db: sqlite_utils.Database, case: Case, inbound) -> Context:
-    refs = {f"{m.group(1).upper()}-{m.group(2)}" for m in CASE_ID.finditer(f"{inbound.subject}\n{inbound.text}")}
+    # Case ids the customer names, within what every reader reads (a 10 MB paste is not searched).
+    refs = {f"{m.group(1).upper()}-{m.group(2)}" for m in CASE_ID.finditer(f"{inbound.subject}\n{inbound.text[:READ_LIMIT]}")}
     refs |= {r for r in (inbound.case_ref, case.fields.get("parent_ref")) if r}
     refs.discard(case.id)
     elsewhere = {a.sha256: evidence.cases_with_file(db, a.sha256, case.id) for a in inbound.attachments}
@@ -372,8 +422,8 @@ def enqueue_reply(desk: Desk, db: sqlite_utils.Database, case: Case | None, repl
 
 
 def over_reply_cap(desk: Desk, db: sqlite_utils.Database, recipient: str, now: datetime) -> bool:
-    window = timedelta(minutes=desk.config["email.auto_reply_window_minutes"])
-    return outbox.auto_replies_since(db, recipient, now - window) >= desk.config["email.auto_reply_limit"]
+    window = timedelta(minutes=desk.config.email.auto_reply_window_minutes)
+    return outbox.auto_replies_since(db, recipient, now - window) >= desk.config.email.auto_reply_limit
 
 
 def email_headers(desk: Desk, case: Case | None, parsed: Parsed | None) -> dict[str, str]:
@@ -417,7 +467,8 @@ def answer_refused_mail(desk: Desk, db: sqlite_utils.Database, row: dict[str, An
     if over_reply_cap(desk, db, sender, now):
         return
     language = "zh" if re.search(r"[\u4e00-\u9fff]", loops.header(head, "Subject")) else "en"
-    subject, body = render("refused", language, {"problem": problem, "policy_name": desk.policy.name, "size_limit": desk.config["email.smtp_intake.max_message_bytes"]})
+    limit = desk.config.email.smtp_intake.max_message_bytes
+    subject, body = render("refused", language, {"problem": problem, "policy_name": desk.policy.name, "size_limit": limit})
     outbox.enqueue(db, case_id=None, channel="email", recipient=sender, kind="notice", template="refused", language=language, subject=subject, body=body, now=now, headers={"Message-ID": make_msgid(domain=desk.mail_domain), "From": split_plus(desk.addresses.refunds)[0]})
 
 

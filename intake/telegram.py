@@ -2,8 +2,13 @@
 
 The adapter (`bot/app.py`) stored the update as the Bot API sent it, plus what it learned
 while accepting it (`meta["files"]`: blobs it already downloaded; `meta["refused_files"]`:
-files too large to take). Reading is pure: the same spool row always reads the same way, so
-a dead letter retried later gives the same message.
+files too large to take; `meta["lost_files"]`: files it could not get). Reading is pure: the
+same spool row always reads the same way, so a dead letter retried later gives the same message.
+
+What the desk cannot read is told apart here, for the adapter and the reader alike
+(`problem_of`): an update with no chat or no sender, an edit, any kind we never asked for. The
+adapter keeps such an update as a dead letter and goes on; it never reaches the dialog, where a
+message from "tg:None" once opened one case for every such update.
 """
 from __future__ import annotations
 
@@ -19,10 +24,78 @@ COMMANDS = ("start", "help", "refund", "appeal", "status", "cancel")
 # What a button may ask for; anything else in callback data (old bots, forged clients) is text.
 BUTTON_COMMAND = re.compile(r"^(?:start|help|refund|appeal|status|cancel|done_evidence|confirm|edit:[a-z_]{1,40}|choose:[a-z_]{1,40}:[a-z0-9_]{1,40})$")
 CASE_REF = re.compile(r"\b(RF|AP)-?(\d{1,9})\b", re.IGNORECASE)
+READ_KINDS = ("message", "callback_query")  # what the bot asks Telegram for (allowed_updates)
+
+
+class UnreadableUpdate(ValueError):
+    """An update the desk cannot read: kept as a dead letter, never read into a case."""
+
+
+def problem_of(update: Any) -> str | None:
+    """Why the desk cannot read this update, or None: a readable one, or one that is not ours
+    (a group's or a channel's, an inline-mode button), which the adapter passes by in silence.
+    Only an update that may come from a private chat is a problem: other chats are not ours."""
+    if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+        return "not an update (no update_id)"
+    kinds = [key for key in update if key != "update_id"]
+    kind = kinds[0] if len(kinds) == 1 else None
+    if kind not in READ_KINDS:
+        body = update.get(kind) if kind else None
+        if chat_type(body) not in (None, "private"):
+            return None  # a group's edit, a channel post: not ours
+        if kind == "edited_message":
+            return "an edited message: edits are not read (the customer sends a new message)"
+        return f"an update of kind {'/'.join(kinds) or 'none'}: only messages and button presses are read"
+    body = update[kind]
+    if not isinstance(body, dict):
+        return f"its {kind} is not an object"
+    if kind == "callback_query":
+        message = body.get("message")
+        if message is None or chat_type(message) not in (None, "private"):
+            return None  # an inline-mode or a group's button
+        if chat_type(message) is None:
+            return "a button press with no chat"
+    elif chat_type(body) is None:
+        return "a message with no chat"
+    elif chat_type(body) != "private":
+        return None
+    sender = body.get("from")
+    if not isinstance(sender, dict) or not isinstance(sender.get("id"), int):
+        return "no sender (from)"
+    return None
+
+
+def is_ours(update: dict[str, Any]) -> bool:
+    """A readable update from a private chat (the bot talks to customers in private only)."""
+    body = update.get("message") or (update.get("callback_query") or {}).get("message")
+    return chat_type(body) == "private"
+
+
+def chat_type(body: Any) -> str | None:
+    """The chat's type, or None when the body names no chat with an id."""
+    chat = body.get("chat") if isinstance(body, dict) else None
+    if not isinstance(chat, dict) or not isinstance(chat.get("id"), int):
+        return None
+    return str(chat.get("type") or "")
+
+
+def chat_id_of(update: Any) -> int | None:
+    """The chat an update came from, if it names one (for a dead letter too)."""
+    if not isinstance(update, dict):
+        return None
+    for key, body in update.items():
+        if key == "callback_query" and isinstance(body, dict):
+            body = body.get("message")
+        if chat_type(body) is not None:
+            return body["chat"]["id"]
+    return None
 
 
 def parse_update(raw: bytes | str, meta: dict[str, Any], received_at: datetime) -> Parsed:
     update = json.loads(raw)
+    problem = problem_of(update)
+    if problem is not None:  # a dead letter retried by an agent: still unreadable
+        raise UnreadableUpdate(problem)
     update_id = update["update_id"]
     callback = update.get("callback_query")
     if callback:
@@ -53,7 +126,8 @@ def parse_update(raw: bytes | str, meta: dict[str, Any], received_at: datetime) 
         command=command,
         display_name=display_name(user),
         case_ref=case_ref_in(text),
-        meta={"refused_files": list(meta.get("refused_files", ())), "telegram_message_id": message_id},
+        meta={"refused_files": list(meta.get("refused_files", ())), "lost_files": list(meta.get("lost_files", ())),
+              "telegram_message_id": message_id},
     )
     return Parsed(inbound, dedup_key=f"tg:{update_id}", message_id="")
 

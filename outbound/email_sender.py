@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
+from refunddesk.config import OutgoingSettings
 from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure
 
 from refunddesk.intake.email.charsets import one_line
-from refunddesk.intake.email.registry import WRITING
+from refunddesk.intake.email.registry import WRITING, WRITING_UTF8
 
 if TYPE_CHECKING:
     from refunddesk.desk import Desk
@@ -43,6 +44,13 @@ def address_of(value: str) -> Address:
     value = (value or "").strip()
     if not value or any(ch.isspace() or not ch.isprintable() or ch in '<>,;"' for ch in value):
         raise PermanentFailure("not a plain email address")
+    if not value.isascii():
+        # The standard library's parser refuses a UTF-8 local part (RFC 6532 allows it): the two
+        # halves are taken as they are, once the checks above have passed.
+        local, at, domain = value.rpartition("@")
+        if not at or not local or not domain or "@" in local:
+            raise PermanentFailure("not a plain email address")
+        return Address(username=local, domain=domain)
     try:
         return Address(addr_spec=value)
     except (ValueError, IndexError, TypeError) as exc:
@@ -50,7 +58,10 @@ def address_of(value: str) -> Address:
 
 
 def compose(row: dict[str, Any], from_address: str, from_name: str = "") -> EmailMessage:
-    msg = EmailMessage(policy=WRITING)
+    # An internationalised address (josé@exämple.test) is written as UTF-8 (RFC 6532) and sent
+    # with SMTPUTF8 (RFC 6531); nothing else changes for ASCII mail.
+    international = not (row["recipient"] or "").isascii() or not (row["headers"].get("From") or from_address).isascii()
+    msg = EmailMessage(policy=WRITING_UTF8 if international else WRITING)
     headers = row["headers"]
     sender = address_of(headers.get("From") or from_address)
     msg["From"] = Address(display_name=one_line(from_name), username=sender.username, domain=sender.domain) if from_name else sender
@@ -86,7 +97,7 @@ class EmailSender:
     SESSION_IDLE = 5.0  # seconds: past this an idle session is closed (close_idle) or probed
     SESSION_LETTERS = 100  # letters per session, then a fresh one (as Postfix's reuse limit)
 
-    def __init__(self, settings: dict[str, Any], from_address: str, folder: Path, from_name: str = "") -> None:
+    def __init__(self, settings: OutgoingSettings, from_address: str, folder: Path, from_name: str = "") -> None:
         self.settings = settings
         self.from_address = from_address
         self.from_name = from_name
@@ -98,12 +109,12 @@ class EmailSender:
     @classmethod
     def for_desk(cls, desk: "Desk") -> "EmailSender":
         """The sender `email.outgoing` configures: the relay, or the folder of .eml files."""
-        config = desk.config
-        return cls(config.section("email.outgoing"), desk.addresses.refunds, config.path("email.outgoing.folder"), config["email.from_name"])
+        email = desk.config.email
+        return cls(email.outgoing, desk.addresses.refunds, email.outgoing.folder, email.from_name)
 
     async def deliver(self, row: dict[str, Any]) -> None:
         msg = compose(row, self.from_address, self.from_name)
-        if not self.settings.get("host"):
+        if not self.settings.host:
             write_eml(self.folder, row["id"], msg)
             return
         try:
@@ -120,6 +131,8 @@ class EmailSender:
             if codes and all(500 <= c < 600 for c in codes):
                 raise PermanentFailure(f"recipient refused: {codes}") from exc
             raise TemporaryFailure(f"recipient deferred: {codes}") from exc
+        except aiosmtplib.SMTPNotSupported as exc:  # an international address, a relay without SMTPUTF8
+            raise PermanentFailure(f"relay cannot send to this address: {exc}") from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise TemporaryFailure(f"relay refused our login: {exc.code}") from exc
         except aiosmtplib.SMTPResponseException as exc:
@@ -147,8 +160,8 @@ class EmailSender:
             except (aiosmtplib.SMTPException, OSError):
                 session.smtp.close()
         smtp = aiosmtplib.SMTP(
-            hostname=self.settings["host"], port=self.settings["port"], start_tls=bool(self.settings.get("starttls")),
-            username=self.settings.get("username") or None, password=self.settings.get("password") or None,
+            hostname=self.settings.host, port=self.settings.port, start_tls=self.settings.starttls,
+            username=self.settings.username or None, password=self.settings.password or None,
             local_hostname=local_hostname(), timeout=SEND_TIMEOUT,
         )
         await smtp.connect()

@@ -25,9 +25,9 @@ from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 
 import chinese_calendar
-import holidays as holidays_lib
 
 SOURCE_CHINESE_CALENDAR = "chinese_calendar"
 SOURCE_HOLIDAYS = "holidays"
@@ -65,10 +65,10 @@ class WorkingCalendar:
         extra_working_days: Iterable[date | str] = (),
     ) -> None:
         self.country = country.upper()
-        try:
-            holidays_lib.country_holidays(self.country, years=(), expand=False)
-        except NotImplementedError:
-            raise ValueError(f"no holiday data for country {country!r}") from None
+        # China is known to both sources; another country is checked against the library's registry
+        # (building its holidays would import every country the library knows, ~0.1 s).
+        if self.country != "CN" and self.country not in _holidays_library().registry.EntityLoader.get_country_codes():
+            raise ValueError(f"no holiday data for country {country!r}")
         self._extra_holidays = frozenset(_as_date(day, "extra_holidays") for day in extra_holidays)
         self._extra_working_days = frozenset(
             _as_date(day, "extra_working_days") for day in extra_working_days
@@ -169,7 +169,7 @@ class WorkingCalendar:
             official = _chinese_calendar_working_days(year)
             if official is not None:
                 return _YearSchedule(official, True, SOURCE_CHINESE_CALENDAR)
-        known = holidays_lib.country_holidays(self.country, years=year, expand=False)
+        known = _holidays_library().country_holidays(self.country, years=year, expand=False)
         # is_working_day applies the country's own weekend and any make-up days it knows.
         working_days = frozenset(day for day in _days_of(year) if known.is_working_day(day))
         if not known:
@@ -179,6 +179,15 @@ class WorkingCalendar:
             # day is one whose official notice `holidays` has not transcribed.
             return _YearSchedule(working_days, False, SOURCE_HOLIDAYS_ESTIMATE)
         return _YearSchedule(working_days, True, SOURCE_HOLIDAYS)
+
+
+def _holidays_library() -> ModuleType:
+    # Imported on first use: `holidays` costs ~40 ms of imports, and the commands that list or show
+    # cases never ask about a year beyond chinese_calendar's data.
+    import holidays  # noqa: PLC0415
+    import holidays.registry  # noqa: PLC0415
+
+    return holidays
 
 
 def _chinese_calendar_working_days(year: int) -> frozenset[date] | None:

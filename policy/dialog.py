@@ -16,12 +16,13 @@ from typing import Any
 
 from . import answers
 from .context import Context
-from .model import DECIDED_STATUSES, OPEN_STATUSES, Case, Finding, InboundMessage, Reply, StepResult
+from .model import DECIDED_STATUSES, OPEN_STATUSES, Case, Finding, InboundMessage, Reply, StepResult, read_choices
 from .preset import PolicyVersion
 from .rules import deadlines_of, evaluate, missing_items
 from .deadlines import review_due
 from .extract import detect_language, read_all, read_labelled
 from .form import read_form
+from .text import READ_LIMIT
 
 CHAT_CHANNELS = ("telegram",)
 CASE_REF = re.compile(r"\b(RF|AP)-?(\d{1,9})\b", re.IGNORECASE)
@@ -49,7 +50,7 @@ def read(inbound: InboundMessage, now: datetime, tz: tzinfo) -> Reading:
     """The part of a step that needs no case. The worker reads a message before it takes the
     store's write lock and hands the reading to step(): this was ~40 % of the time the lock
     was held per mail, while the SMTP receiver's 250s waited on it (bench/smtp_intake.py)."""
-    text = inbound.text or ""
+    text = (inbound.text or "")[:READ_LIMIT]
     if not text.strip():
         return Reading()
     fields = read_all(reading_text(inbound), now, tz)
@@ -64,11 +65,11 @@ def reading_text(inbound: InboundMessage) -> str:
     forwarded (intake sets it aside as a file): "forwarding my request from last week" holds
     its amount and date only there. read_fields reads the forward only for what the own words
     leave empty, and only when it is a person's letter, not a receipt or a notice."""
-    text = inbound.text or ""
+    text = (inbound.text or "")[:READ_LIMIT]
     forwarded = next((a.data for a in inbound.attachments if a.filename == FORWARDED_FILE and a.data), None)
     if forwarded is None:
         return text
-    return text + "\n\n" + forwarded.decode("utf-8", errors="replace")
+    return text + "\n\n" + forwarded[: 4 * READ_LIMIT].decode("utf-8", errors="replace")[:READ_LIMIT]
 
 
 def style_of(channel: str) -> str:
@@ -83,7 +84,7 @@ def new_case(case_id: str, inbound: InboundMessage, now: datetime, kind: str | N
         status="collecting",
         channel=inbound.channel,
         contact=inbound.sender,
-        language=inbound.language or detect_language(inbound.text or inbound.subject),
+        language=inbound.language or detect_language((inbound.text or inbound.subject)[:READ_LIMIT]),
         created_at=now,
         conversation_key=inbound.conversation_key,
         dialog={"style": style_of(inbound.channel), "turns": 0},
@@ -92,6 +93,8 @@ def new_case(case_id: str, inbound: InboundMessage, now: datetime, kind: str | N
 
 def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context, reading: Reading | None = None) -> StepResult:
     """`reading` is read(inbound, now, policy timezone), when the caller made it already."""
+    if len(inbound.text or "") > READ_LIMIT:  # the dialog reads no further than the readers do
+        inbound = replace(inbound, text=inbound.text[:READ_LIMIT])
     reading = reading if reading is not None else read(inbound, now, ctx.policy.timezone)
     version = ctx.policy.version_at(_purchase_moment(case) or case.created_at or now)
     case = replace(case, policy_version=version.version)
@@ -219,12 +222,6 @@ def _remember_choices(case: Case, updates: dict[str, str], reading: Reading) -> 
     if choices == case.dialog.get("read_choices", {}):
         return case
     return replace(case, dialog={**case.dialog, "read_choices": choices})
-
-
-def read_choices(case: Case) -> dict[str, dict[str, Any]]:
-    """The reader's choices that still stand: the field holds the value it chose."""
-    return {name: choice for name, choice in case.dialog.get("read_choices", {}).items()
-            if case.fields.get(name) == choice["value"]}
 
 
 def _tells_the_story(case: Case, asking: str | None, inbound: InboundMessage, version: PolicyVersion) -> bool:

@@ -132,6 +132,13 @@ class Case:
         return replace(self, fields=merged)
 
 
+def read_choices(case: Case) -> dict[str, dict[str, Any]]:
+    """The reader's choices that still stand: the field holds the value it chose. Here, not in
+    dialog.py, so that showing a case does not load the reader."""
+    return {name: choice for name, choice in case.dialog.get("read_choices", {}).items()
+            if case.fields.get(name) == choice["value"]}
+
+
 @dataclass(frozen=True)
 class StepResult:
     case: Case

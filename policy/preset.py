@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from .model import Case
+
 PRESETS = ("302ai", "ipfixed")
 FIELD_TYPES = ("choice", "money", "moment", "text", "case_ref", "hours", "percent")
 WINDOW_UNITS = ("working_days", "calendar_days", "hours")
@@ -113,6 +115,10 @@ class Policy:
 
     def version_named(self, name: str) -> PolicyVersion:
         return next((v for v in self.versions if v.version == name), self.versions[-1])
+
+    def version_of(self, case: Case) -> PolicyVersion:
+        """The version the case was judged by (PIF-11), so a letter quotes the terms that applied."""
+        return self.version_named(case.policy_version) if case.policy_version else self.version_at(case.created_at)
 
 
 def load_preset(name: str) -> Policy:

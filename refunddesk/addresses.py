@@ -11,3 +11,8 @@ class Addresses:
 
     def ours(self) -> tuple[str, str]:
         return (self.refunds.lower(), self.appeals.lower())
+
+
+def endpoint(host: str, port: int) -> str:
+    """host:port as a user types it; an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -27,18 +27,19 @@ class Desk:
 
     @classmethod
     def from_config(cls, config: Config) -> "Desk":
-        policy = load_policy_file(config.path("policy.file")) if config["policy.file"] else load_preset(config["policy.preset"])
-        if config["policy.calendar_overrides"]:
-            calendar = WorkingCalendar.from_override_file(config.path("policy.calendar_overrides"), policy.country)
+        chosen = config.policy
+        policy = load_policy_file(chosen.file) if chosen.file else load_preset(chosen.preset)
+        if chosen.calendar_overrides:
+            calendar = WorkingCalendar.from_override_file(chosen.calendar_overrides, policy.country)
         else:
             calendar = WorkingCalendar(policy.country)
         return cls(
             config=config,
             policy=policy,
             calendar=calendar,
-            db_path=config.path("store.path"),
-            files=config.path("store.files"),
-            addresses=Addresses(config["email.refunds_address"].lower(), config["email.appeals_address"].lower()),
+            db_path=config.store.path,
+            files=config.store.files,
+            addresses=Addresses(config.email.refunds_address.lower(), config.email.appeals_address.lower()),
         )
 
     def open_db(self, durable: bool = True) -> sqlite_utils.Database:

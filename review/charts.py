@@ -36,8 +36,10 @@ def nice_top(value: float) -> float:
     return float(value)
 
 
-def cases_per_day(per_day: list[dict[str, Any]], channels: tuple[str, ...] = ("email", "telegram")) -> Markup:
-    """Stacked bars: how many cases arrived each day, by channel."""
+def cases_per_day(per_day: list[dict[str, Any]], channels: tuple[str, ...] = ("email", "telegram"),
+                  names: dict[str, str] | None = None) -> Markup:
+    """Stacked bars: how many cases arrived each day, by channel (shown by its name in `names`)."""
+    name = (names or {}).get
     totals = [sum(day.get(c, 0) for c in channels) for day in per_day] or [0]
     top = nice_top(max(max(totals), 1))
     plot_w, plot_h = WIDTH - MARGIN_LEFT - 8, HEIGHT - MARGIN_BOTTOM - MARGIN_TOP
@@ -51,11 +53,14 @@ def cases_per_day(per_day: list[dict[str, Any]], channels: tuple[str, ...] = ("e
             if count:
                 h = plot_h * count / top
                 base -= h
-                parts.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" fill="{COLORS[channel]}"><title>{escape(day["date"])} {escape(channel)}: {count}</title></rect>')
+                title = f"{escape(day['date'])} {escape(name(channel, channel))}: {count}"
+                parts.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}"'
+                             f' fill="{COLORS[channel]}"><title>{title}</title></rect>')
         parts.append(f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - MARGIN_BOTTOM + 14}" font-size="9" text-anchor="middle" fill="#555">{escape(day["date"][5:])}</text>')
     for offset, channel in enumerate(channels):
         parts.append(f'<rect x="{MARGIN_LEFT + 10 + offset * 90}" y="{HEIGHT - 12}" width="10" height="10" fill="{COLORS[channel]}"/>'
-                     f'<text x="{MARGIN_LEFT + 24 + offset * 90}" y="{HEIGHT - 3}" font-size="10" fill="#333">{escape(channel)}</text>')
+                     f'<text x="{MARGIN_LEFT + 24 + offset * 90}" y="{HEIGHT - 3}" font-size="10" fill="#333">'
+                     f'{escape(name(channel, channel))}</text>')
     return svg("Cases per day by channel", parts)
 
 

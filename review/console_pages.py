@@ -4,7 +4,7 @@ and the dashboard. Each handler gets the signed-in agent's name from the guard i
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -12,17 +12,17 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from refunddesk.policy.model import CHANNELS, KINDS, STATUSES
 from refunddesk.store import events
+from refunddesk.store.cases import load_case
 from refunddesk.store.clock import utcnow
 from refunddesk.store.evidence import relative_path
 
 from . import charts, csrf
-from .case_view import agent_view
+from .case_page import agent_view
+from .console import Console
 from .decisions import DecisionError, approve, reject, request_info, set_special_flags, version_of
+from .labels import label
 from .queue import PAGE_SIZE, Filters, count_queue, due_text, list_queue
 from .sla_report import report
-
-if TYPE_CHECKING:
-    from .web import Console
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CASE_ID = re.compile(r"^(RF|AP)-\d{6}$")
@@ -32,7 +32,7 @@ FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandb
 
 
 class Pages:
-    def __init__(self, console: "Console") -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
         self.desk = console.desk
 
@@ -72,7 +72,7 @@ class Pages:
         result = await self.console.in_db(lambda db: report(self.desk, db, now))
         return self.console.page(
             request, "dashboard.html", report=result,
-            per_day_chart=charts.cases_per_day(result.per_day),
+            per_day_chart=charts.cases_per_day(result.per_day, names={c: label("channels", c) for c in CHANNELS}),
             ack_chart=charts.times_against_limit("Acknowledgement time per case (hours)", result.ack_times, limit=result.ack_limit_hours),
             review_chart=charts.times_against_limit("Review time per case against its due date (hours)", result.review_times, limit_key="allowed_hours"),
         )
@@ -146,8 +146,6 @@ class Pages:
         return RedirectResponse(f"/cases/{case_id}", 303)
 
     def set_flags(self, db, case_id: str, agent: str, flags: list[str]) -> None:
-        from refunddesk.store.cases import load_case
-
         case = load_case(db, case_id)
         if case is None:
             raise DecisionError(f"no case {case_id}")

@@ -18,7 +18,7 @@ import sqlite_utils
 
 from refunddesk.desk import Desk
 from refunddesk.intake.pipeline import enqueue_reply
-from refunddesk.policy.model import DECIDED_STATUSES, Case, Reply
+from refunddesk.policy.model import DECIDED_STATUSES, OPEN_STATUSES, Case, Reply
 from refunddesk.policy.preset import PolicyVersion
 from refunddesk.store import cases as case_store
 from refunddesk.store import events
@@ -27,9 +27,9 @@ from refunddesk.store.db import transaction
 
 from . import letters
 
-APPROVABLE = ("queued", "awaiting_customer")
-REJECTABLE = ("collecting", "queued", "awaiting_customer")
-ASKABLE = ("queued", "awaiting_customer")
+# Every open case, for each decision alike: an agent may decide a request the customer never
+# completed (rejected as `incomplete`, P302-9; approved only with an amount on record, P302-13).
+DECIDABLE = OPEN_STATUSES
 MAX_TEXT = 4000
 CENT = Decimal("0.01")
 
@@ -49,7 +49,7 @@ def approve(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str, amo
     agent, note = agent_name(agent), clean_text(note, "note")
     value = money(amount)
     with transaction(db):
-        case = load_open(db, case_id, APPROVABLE, "approve")
+        case = load_open(db, case_id, DECIDABLE, "approve")
         check_four_eyes(db, case, agent)
         parent = parent_of(db, case)
         version = version_of(desk, case)
@@ -70,7 +70,7 @@ def reject(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str, reas
     now = now or utcnow()
     agent, note = agent_name(agent), clean_text(note, "note")
     with transaction(db):
-        case = load_open(db, case_id, REJECTABLE, "reject")
+        case = load_open(db, case_id, DECIDABLE, "reject")
         check_four_eyes(db, case, agent)
         parent = parent_of(db, case)
         version = version_of(desk, case)
@@ -91,7 +91,7 @@ def request_info(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str
     if not message:
         raise DecisionError("the message to the customer is empty")
     with transaction(db):
-        case = load_open(db, case_id, ASKABLE, "ask about")
+        case = load_open(db, case_id, DECIDABLE, "ask about")
         asked = case.evolve(status="awaiting_customer")
         case_store.set_status(db, case.id, "awaiting_customer", now)
         events.record(db, case.id, agent, "info_requested", now, {"message": message})
@@ -143,8 +143,7 @@ def parent_of(db: sqlite_utils.Database, case: Case) -> Case | None:
 
 
 def version_of(desk: Desk, case: Case) -> PolicyVersion:
-    """The version the case was judged by (PIF-11), so the letter quotes the terms that applied."""
-    return desk.policy.version_named(case.policy_version) if case.policy_version else desk.policy.version_at(case.created_at)
+    return desk.policy.version_of(case)
 
 
 def requested_amount(case: Case, parent: Case | None) -> Decimal | None:
@@ -156,6 +155,9 @@ def requested_amount(case: Case, parent: Case | None) -> Decimal | None:
         return None
 
 
+MAX_AMOUNT = Decimal(10) ** 9  # no refund of API credit is a billion
+
+
 def money(amount: str | Decimal) -> Decimal:
     try:
         value = Decimal(str(amount).strip())
@@ -163,6 +165,8 @@ def money(amount: str | Decimal) -> Decimal:
         raise DecisionError(f"not an amount: {amount!r}") from None
     if not value.is_finite() or value <= 0:
         raise DecisionError(f"the amount must be a positive number, not {amount!r}")
+    if value > MAX_AMOUNT:  # also keeps quantize() within Decimal's precision (1E+30 answered 500)
+        raise DecisionError(f"the amount is not plausible: {amount!r} (at most {MAX_AMOUNT:,})")
     if value != value.quantize(CENT):
         raise DecisionError(f"the amount has more than two decimals: {amount!r}")
     return value.quantize(CENT)

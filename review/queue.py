@@ -20,7 +20,6 @@ import sqlite_utils
 from refunddesk.desk import Desk
 from refunddesk.store.cases import case_from_row
 
-from .decisions import version_of
 from .suggest import suggest
 
 DUE_SOON = timedelta(hours=8)
@@ -251,7 +250,7 @@ def item_of(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], now: dat
     if case.parent_id:
         parent_rows = list(db.query("SELECT * FROM cases WHERE id = ?", [case.parent_id]))
         parent = case_from_row(parent_rows[0]) if parent_rows else None
-    version = version_of(desk, case)
+    version = desk.policy.version_of(case)
     suggestion = suggest(case, version, desk.policy.currency, parent).to_dict() if case.kind == "refund" or parent else None
     return QueueItem(
         id=case.id,

@@ -9,30 +9,28 @@ also drives the outbox senders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import secrets
 import socket
-from datetime import datetime
 from importlib import resources
-from typing import Any, Callable
 from urllib.parse import quote
 
-import jinja2
 import uvicorn
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from refunddesk.desk import Desk
-from refunddesk.store.clock import parse_stamp, utcnow
-from refunddesk.store.db import open_db
+from refunddesk.store import events
+from refunddesk.store.clock import utcnow
 
 from . import csrf
-from .auth import LoginThrottle, client_of, sign_in, sign_out, signed_in
+from .agents import MIN_PASSWORD, any_active, verify
+from .auth import client_of, open_session, revoke_session, session_id, session_valid, sign_in, sign_out, signed_in, signing_key
+from .console import Console
 from .console_pages import Pages
 
 log = logging.getLogger("refunddesk.console")
@@ -49,6 +47,7 @@ SECURITY_HEADERS = {
 }
 SESSION_COOKIE = "refunddesk_session"
 SESSION_MAX_AGE = 8 * 3600
+MAX_WAITING_VERIFICATIONS = 20  # logins queued for a password check; past this, 429 at once
 
 
 class SecurityHeaders:
@@ -72,47 +71,6 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-class Console:
-    """What the console needs at hand: the desk, its templates and the login brake."""
-
-    def __init__(self, desk: Desk) -> None:
-        self.desk = desk
-        self.throttle = LoginThrottle()
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(resources.files("refunddesk.templates").joinpath("console"))),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.filters["local"] = self.local_time
-        self.env.globals["policy"] = desk.policy
-
-    def local_time(self, value: datetime | str | None, with_time: bool = True) -> str:
-        moment = parse_stamp(value) if isinstance(value, str) else value
-        if moment is None:
-            return "—"
-        return moment.astimezone(self.desk.policy.timezone).strftime("%Y-%m-%d %H:%M" if with_time else "%Y-%m-%d")
-
-    async def in_db(self, work: Callable[..., Any], *args: Any) -> Any:
-        def run() -> Any:
-            db = open_db(self.desk.db_path, migrate=False)
-            try:
-                return work(db, *args)
-            finally:
-                db.conn.close()
-
-        return await run_in_threadpool(run)
-
-    def page(self, request: Request, template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
-        context.setdefault("error", None)
-        flash = request.session.pop("flash", None) if signed_in(request) else None
-        html = self.env.get_template(template).render(
-            request=request, agent=signed_in(request), csrf_token=csrf.token(request), flash=flash, now=utcnow(), **context
-        )
-        return HTMLResponse(html, http_status)
-
-
 def safe_next(target: str | None) -> str:
     """Only our own paths after login: no `//host` or `/\\host` open redirects."""
     if target and target.startswith("/") and not target.startswith(("//", "/\\")):
@@ -122,10 +80,8 @@ def safe_next(target: str | None) -> str:
 
 def login_required(console: Console, handler):
     async def guarded(request: Request) -> Response:
-        from .agents import active
-
         agent = signed_in(request)
-        if not agent or not await console.in_db(active, agent):
+        if not agent or not await console.in_db(session_valid, session_id(request), agent, utcnow(), SESSION_MAX_AGE):
             if agent:
                 sign_out(request)
             return RedirectResponse(f"/login?next={quote(request.url.path)}", 303)
@@ -138,30 +94,41 @@ def create_app(desk: Desk, secret_key: str) -> Starlette:
     console = Console(desk)
     pages = Pages(console)
 
+    async def login_page(request: Request, http_status: int = 200, **context) -> Response:
+        # While nobody can log in, the page says how the first agent is added.
+        nobody = not await console.in_db(any_active)
+        return console.page(request, "login.html", http_status, nobody=nobody, min_password=MIN_PASSWORD, **context)
+
     async def login_form(request: Request) -> Response:
         if signed_in(request):
             return RedirectResponse("/queue", 303)
-        return console.page(request, "login.html", name="", next=safe_next(request.query_params.get("next")))
+        return await login_page(request, name="", next=safe_next(request.query_params.get("next")))
 
     async def login(request: Request) -> Response:
-        from .agents import verify
-        from refunddesk.store import events
-
         form = await request.form()
         csrf.check(request, form)
         name, password = str(form.get("name", "")).strip()[:64], str(form.get("password", ""))
         target = safe_next(str(form.get("next", "")))
         client = client_of(request)
-        wait = console.throttle.wait_seconds(name, client)
+        wait = console.throttle.attempt(name, client)  # counted now, before the verdict: concurrent guesses count
         if wait > 0:
             await console.in_db(lambda db: events.record(db, None, "console", "login_throttled", utcnow(), {"name": name, "client": client}))
-            return console.page(request, "login.html", 429, name=name, next=target, error=f"Too many failed attempts. Try again in {int(wait) + 1} seconds.")
-        if not await console.in_db(verify, name, password):
-            console.throttle.failed(name, client)
+            error = f"Too many failed attempts. Try again in {int(wait) + 1} seconds."
+            return await login_page(request, 429, name=name, next=target, error=error)
+        if console.verifications_waiting >= MAX_WAITING_VERIFICATIONS:
+            return await login_page(request, 429, name=name, next=target, error="The console is busy. Try again in a moment.")
+        console.verifications_waiting += 1
+        try:
+            async with console.verifying:  # argon2 takes 19 MiB and ~30 ms a check: two at a time
+                good = await console.in_db(verify, name, password)
+        finally:
+            console.verifications_waiting -= 1
+        if not good:
             await console.in_db(lambda db: events.record(db, None, "console", "login_failed", utcnow(), {"name": name, "client": client}))
-            return console.page(request, "login.html", 401, name=name, next=target, error="Wrong name or password.")
+            return await login_page(request, 401, name=name, next=target, error="Wrong name or password.")
         console.throttle.succeeded(name, client)
-        sign_in(request, name)
+        sid = await console.in_db(open_session, name, utcnow())
+        sign_in(request, name, sid)
         csrf.rotate(request)
         await console.in_db(lambda db: events.record(db, None, name, "login", utcnow(), {"client": client}))
         return RedirectResponse(target, 303)
@@ -169,6 +136,8 @@ def create_app(desk: Desk, secret_key: str) -> Starlette:
     async def logout(request: Request) -> Response:
         form = await request.form()
         csrf.check(request, form)
+        if session_id(request):
+            await console.in_db(revoke_session, session_id(request), utcnow())
         sign_out(request)
         return RedirectResponse("/login", 303)
 
@@ -194,7 +163,7 @@ def create_app(desk: Desk, secret_key: str) -> Starlette:
     ]
     middleware = [
         Middleware(SecurityHeaders),
-        Middleware(SessionMiddleware, secret_key=secret_key, session_cookie=SESSION_COOKIE, max_age=SESSION_MAX_AGE, same_site="lax", https_only=False),
+        Middleware(SessionMiddleware, secret_key=secret_key, session_cookie=SESSION_COOKIE, max_age=SESSION_MAX_AGE, same_site="lax", https_only=desk.config.console.https_only),
     ]
     return Starlette(routes=routes, middleware=middleware)
 
@@ -203,8 +172,6 @@ class QuietServer(uvicorn.Server):
     """uvicorn without its own signal handlers: `serve` owns SIGTERM/SIGINT and stops us."""
 
     def capture_signals(self):
-        import contextlib
-
         return contextlib.nullcontext()
 
 
@@ -236,12 +203,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def start_console(desk: Desk) -> RunningConsole:
-    """Start the console on console.host/port; the signing key is random per start if unset."""
+    """Start the console on console.host/port; the signing key is kept beside the store if unset."""
     config = desk.config
-    secret_key = config["console.secret_key"] or secrets.token_urlsafe(32)
-    app = create_app(desk, secret_key)
-    sock = listening_socket(config["console.host"], config["console.port"])
-    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, server_header=False, timeout_graceful_shutdown=5))
+    app = create_app(desk, signing_key(config.console.secret_key, desk.db_path))
+    sock = listening_socket(config.console.host, config.console.port)
+    # X-Forwarded-For is believed only from `desk.trusted_proxies` (none by default): uvicorn's
+    # own default trusted 127.0.0.1, so anyone on the host could pick their address.
+    proxies = desk.config.desk.trusted_proxies
+    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, server_header=False,
+                                        timeout_graceful_shutdown=5, proxy_headers=bool(proxies),
+                                        forwarded_allow_ips=",".join(proxies) or None))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -35,7 +35,7 @@ class WriterTurns:
 
     def __init__(self, path: Path) -> None:
         self.lock = threading.Lock()
-        self.fd = os.open(f"{path}{TURN_FILE_SUFFIX}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = open_turn_file(path)
 
     def acquire(self, timeout: float) -> bool:
         """False after `timeout` among this process's threads: then SQLite's busy timeout
@@ -58,6 +58,14 @@ class WriterTurns:
 
 
 TURN_FILE_SUFFIX = "-turn"
+
+
+def open_turn_file(path: Path) -> int:
+    """A descriptor of the turn file beside the store, named after the store's real path so that
+    every way of naming the store (a symlink, a relative path) takes turns on the same file."""
+    return os.open(f"{path.resolve()}{TURN_FILE_SUFFIX}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
 _turns: dict[str, WriterTurns] = {}
 _turns_lock = threading.Lock()
 _turns_in_use = False
@@ -97,8 +105,37 @@ def open_db(path: str | Path, *, migrate: bool = True, durable: bool = True) -> 
     db = sqlite_utils.Database(conn)
     db.writer_turns = writer_turns(path)
     if migrate:
-        MIGRATIONS.apply(db)
+        apply_migrations(db, path)
     return db
+
+
+def apply_migrations(db: sqlite_utils.Database, path: Path) -> None:
+    """Apply what is pending, one process at a time: serve, its worker and any number of commands
+    may open a fresh or an older store at the same moment, and two of them applying one migration
+    fail ("table counters already exists", a UNIQUE constraint on _sqlite_migrations). They take
+    the writers' turn for it, whether or not they take turns to write, and read again what is
+    applied once they hold it: the one before them may have applied everything meanwhile. A store
+    already migrated costs one read and no lock: reading without it is safe, as a migration is
+    recorded with its changes (in their transaction) or after them (m008, which runs outside a
+    transaction and is a no-op once done), so a store that has every record has every change."""
+    if not MIGRATIONS.pending(db):
+        return
+    with migrating_turn(path):
+        MIGRATIONS.apply(db)  # it reads what is pending again, now that no one else migrates
+
+
+@contextlib.contextmanager
+def migrating_turn(path: Path) -> Iterator[None]:
+    """The writers' turn (flock on the turn file) for migrating, on a descriptor of its own: a lock
+    on another descriptor of the same file, in this process or another, excludes it as well (so a
+    thread holding a writer's turn must not open a store that needs migrating: serve migrates
+    before it takes turns, refunddesk/service.py)."""
+    fd = open_turn_file(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ import pytest
 
 from refunddesk.config import load
 from refunddesk.desk import Desk
+from refunddesk.review.agents import add as add_agent
+from refunddesk.store.clock import utcnow
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "data" / "corpus"  # see its README: where it comes from, its licence
@@ -35,6 +37,8 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -91,6 +95,12 @@ def db(desk):
     database = desk.open_db()
     yield database
     database.conn.close()
+
+
+def add_agents(db, *names: str) -> None:
+    """Register agents as `refunddesk agents add` does: the CLI's decisions need a registered agent."""
+    for name in names:
+        add_agent(db, name, f"{name}-password", utcnow(), "test")
 
 
 def run_cli(config: Path, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -7,6 +7,11 @@ python-telegram-bot library (inside the real `refunddesk serve`) talks HTTP to i
 getUpdates with a higher offset acknowledges them, and fails calls on request (429 with
 `parameters.retry_after`, 403, ...). Standard library only: a threading HTTP server, so a
 plain synchronous test can push updates and read the calls.
+
+It pages like Telegram (at most `limit` updates from the offset), records when each update was
+first handed out (`served_at`), and can serve what Telegram sometimes does: an update of a
+kind the bot did not ask for, a getFile answer without `file_path`, and a file of no declared
+size streamed without a Content-Length, counting the bytes it managed to send.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import email.parser
 import email.policy
 import itertools
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +34,7 @@ from conftest import wait_for
 TOKEN = "123456:TEST-token_for-refunddesk"
 BOT_USER = {"id": 123456, "is_bot": True, "first_name": "Refund desk", "username": "refunddesk_test_bot"}
 MAX_POLL_SECONDS = 1.0
+STREAM_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -63,6 +70,9 @@ class FakeTelegram:
         self.on_acknowledge: Callable[[int], None] | None = None
         self.poll_generation = 0
         self.replays: list[dict[str, Any]] = []
+        self.unasked: set[int] = set()  # update_ids served whatever allowed_updates says
+        self.served_at: dict[int, float] = {}  # update_id -> when a getUpdates first returned it
+        self.bytes_served: dict[str, int] = {}  # file_id -> bytes written to the downloading client
         self.ids = itertools.count(1)
         self.message_ids = itertools.count(1000)
         self.server: ThreadingHTTPServer | None = None
@@ -74,6 +84,9 @@ class FakeTelegram:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: with Nagle's algorithm the body waited for the
+            # client's delayed ACK, 40 ms on every call, which Telegram's servers do not add.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -103,19 +116,29 @@ class FakeTelegram:
 
     # --- what a test does ------------------------------------------------------------------
 
-    def push(self, update: dict[str, Any]) -> int:
-        """Queue an update for the bot; returns its update_id (kept if the test set one)."""
+    def push(self, update: dict[str, Any], *, unasked: bool = False) -> int:
+        """Queue an update for the bot; returns its update_id (kept if the test set one).
+        `unasked`: served even if its kind is not in allowed_updates (Telegram does so with
+        updates made before allowed_updates changed)."""
         with self.lock:
             update.setdefault("update_id", next(self.ids))
             self.updates.append(update)
+            if unasked:
+                self.unasked.add(update["update_id"])
             self.lock.notify_all()
             return update["update_id"]
 
-    def add_file(self, data: bytes | None, *, size: int | None = None, path: str = "documents/file.bin") -> dict[str, Any]:
-        """A file the bot may download; `data=None` declares a file too large to ever serve."""
+    def add_file(self, data: bytes | None, *, size: int | None = None, path: str | None = "documents/file.bin",
+                 streamed: int | None = None) -> dict[str, Any]:
+        """A file the bot may download; `data=None` declares a file too large to ever serve;
+        `path=None`: getFile answers without a file_path; `streamed=N`: N bytes of no declared
+        size (`size` 0), sent without a Content-Length."""
         number = len(self.files) + 1
         file_id = f"FILE{number:04d}-{'x' * 20}"
-        entry = {"file_id": file_id, "file_unique_id": f"U{number:04d}", "file_size": size if size is not None else len(data or b""), "file_path": path.replace("file", f"file_{number}"), "data": data}
+        declared = size if size is not None else (0 if streamed is not None else len(data or b""))
+        entry = {"file_id": file_id, "file_unique_id": f"U{number:04d}", "file_size": declared,
+                 "file_path": path.replace("file", f"file_{number}") if path else None, "data": data,
+                 "streamed": streamed}
         with self.lock:
             self.files[file_id] = entry
         return entry
@@ -185,9 +208,11 @@ class FakeTelegram:
     def handle_get(self, request: BaseHTTPRequestHandler) -> None:
         prefix = f"/file/bot{self.token}/"
         path = unquote(request.path)  # the library quotes the token's ':'
-        entry = next((f for f in self.files.values() if path == prefix + f["file_path"]), None)
+        entry = next((f for f in self.files.values() if f["file_path"] and path == prefix + f["file_path"]), None)
         with self.lock:
             self.calls.append(Call("GET file", {"path": path[len(prefix):], "file_id": entry["file_id"] if entry else None}))
+        if entry is not None and entry["streamed"] is not None:
+            return self.stream_file(request, entry)
         if entry is None or entry["data"] is None:
             return self.answer(request, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
         held = self.held_files.get(entry["file_id"])
@@ -202,6 +227,27 @@ class FakeTelegram:
             request.wfile.write(data)
         except OSError:
             pass  # the client went away (a killed bot)
+
+    def stream_file(self, request: BaseHTTPRequestHandler, entry: dict[str, Any]) -> None:
+        """Zeros of no declared length (the end of the body is the end of the connection),
+        written piece by piece until the client stops reading; what was written is counted.
+        A small send buffer keeps what the kernel holds for the client out of that count."""
+        request.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_CHUNK)
+        request.close_connection = True
+        request.send_response(200)
+        request.send_header("Content-Type", "application/octet-stream")
+        request.send_header("Connection", "close")
+        request.end_headers()
+        piece, left, sent = bytes(STREAM_CHUNK), entry["streamed"], 0
+        try:
+            while left > 0:
+                request.wfile.write(piece[: min(left, STREAM_CHUNK)])
+                sent += min(left, STREAM_CHUNK)
+                left -= STREAM_CHUNK
+                with self.lock:
+                    self.bytes_served[entry["file_id"]] = sent
+        except OSError:
+            pass  # the client cut the transfer
 
     @staticmethod
     def answer(request: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
@@ -246,12 +292,16 @@ class FakeTelegram:
             while True:
                 if generation != self.poll_generation:
                     return 409, "Conflict: terminated by other getUpdates request"
-                ready = [u for u in self.updates if u["update_id"] >= self.acknowledged and (allowed is None or any(k in u for k in allowed))]
+                ready = [u for u in self.updates if u["update_id"] >= self.acknowledged
+                         and (allowed is None or any(k in u for k in allowed) or u["update_id"] in self.unasked)]
                 remaining = deadline - time.monotonic()
                 if self.replays:
                     ready, self.replays = self.replays + ready, []
                 if ready or remaining <= 0:
-                    return 200, ready[:limit]
+                    served, now = ready[:limit], time.monotonic()
+                    for update in served:
+                        self.served_at.setdefault(update["update_id"], now)
+                    return 200, served
                 self.lock.wait(remaining)
 
     def api_sendMessage(self, params: dict[str, Any]) -> tuple[int, Any]:
@@ -269,7 +319,7 @@ class FakeTelegram:
             return 400, "Bad Request: invalid file_id"
         if entry["file_size"] > 20 * 1024 * 1024:
             return 400, "Bad Request: file is too big"
-        return 200, {k: entry[k] for k in ("file_id", "file_unique_id", "file_size", "file_path")}
+        return 200, {k: entry[k] for k in ("file_id", "file_unique_id", "file_size", "file_path") if entry[k]}
 
 
 def read_params(content_type: str, body: bytes) -> dict[str, Any]:
@@ -460,9 +510,12 @@ class BotUnderTest:
     def stop(self, **kwargs: Any) -> int:
         return self.served.stop(**kwargs)
 
-    def close(self) -> None:
+    def close(self, dead_letters: tuple[str, ...] = ()) -> None:
+        """Stop serve and check what a run must never leave: dead letters other than the
+        `dead_letters` (transport ids) a test made on purpose, early acknowledgements, errors."""
         self.served.stop()
-        dead = list(self.db.query("SELECT id, error FROM inbound WHERE status = 'dead'"))
+        dead = [r for r in self.db.query("SELECT id, transport_id, error FROM inbound WHERE status = 'dead'")
+                if r["transport_id"] not in dead_letters]
         self.db.conn.close()
         assert not dead, f"dead letters: {dead}"
         assert not self.early_acknowledgements, f"updates acknowledged before they were spooled: {self.early_acknowledgements}"

@@ -89,6 +89,7 @@ class Received:
     rcpt_tos: list[str]
     raw: bytes
     peer: tuple | None = None  # the client's address and port: one per SMTP connection
+    mail_options: tuple[str, ...] = ()  # MAIL FROM's parameters (SMTPUTF8, SIZE=...)
 
     @property
     def message(self) -> EmailMessage:
@@ -102,7 +103,8 @@ class RecordingHandler:
 
     async def handle_DATA(self, server, session, envelope) -> str:
         with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, tuple(session.peer)))
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, tuple(session.peer),
+                                          tuple(envelope.mail_options)))
         return "250 2.0.0 OK"
 
 
@@ -223,9 +225,9 @@ class MailDesk:
         self.served = Served(self.config, tmp / "serve.log")
         self.db = self.desk.open_db()
 
-    def start(self) -> "MailDesk":
-        ports = (self.smtp_port,) if self.desk.config["email.smtp_intake.enabled"] else ()
-        self.served.start(wait_ports=ports)
+    def start(self, **options: Any) -> "MailDesk":
+        ports = (self.smtp_port,) if self.desk.config.email.smtp_intake.enabled else ()
+        self.served.start(wait_ports=ports, **options)
         return self
 
     def stop(self) -> None:

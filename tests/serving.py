@@ -16,13 +16,16 @@ class Served:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self, wait_ports: tuple[int, ...] = ()) -> "Served":
+    def start(self, wait_ports: tuple[int, ...] = (), blocked_signals: frozenset[int] = frozenset()) -> "Served":
+        """`blocked_signals`: masked in serve and so in its worker (a signal mask survives fork and
+        exec), as a C library that masks them in its thread would leave them."""
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "refunddesk.cli", "--config", str(self.config), "serve"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=(lambda: signal.pthread_sigmask(signal.SIG_BLOCK, blocked_signals)) if blocked_signals else None,
         )
         for port in wait_ports:
             wait_port_or_fail(self, port)

@@ -5,6 +5,7 @@ A script in the customer's HTML mail must not run on the case page.
 """
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 from datetime import datetime, timedelta
@@ -57,17 +58,30 @@ def console(tmp_path_factory):
     added = run_cli(config, "agents", "add", "alice", "--password-stdin", stdin=f"{PASSWORD}\n".encode())
     assert added.returncode == 0, added.stderr.decode()
     served = Served(config, tmp / "serve.log").start(wait_ports=(port,))
-    yield {"url": f"http://127.0.0.1:{port}", "desk": desk, "db": db, "urgent": urgent, "calm": calm, "chosen": chosen, "served": served, "outgoing": desk.config.path("email.outgoing.folder")}
+    yield {"url": f"http://127.0.0.1:{port}", "desk": desk, "db": db, "urgent": urgent, "calm": calm, "chosen": chosen, "served": served, "outgoing": desk.config.email.outgoing.folder}
     served.stop()
     db.conn.close()
 
 
+def launch(driver, env: dict[str, str] | None = None):
+    """Debian's Chromium, headless; `env` replaces its environment (None: ours)."""
+    return driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=env)
+
+
+@contextlib.contextmanager
+def chromium():
+    with playwright_api.sync_playwright() as driver:
+        launched = launch(driver)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def log_in(page, url: str, next_path: str = "/queue") -> None:
@@ -128,7 +142,7 @@ def test_agent_works_the_most_urgent_case_in_the_browser(console, browser):
     page.click("form.reject button[type=submit]")
     page.wait_for_url(f"{url}/cases/{urgent}")
     assert "Rejected" in page.locator("p.flash").inner_text()
-    assert page.locator("h1 .status").inner_text() == "rejected"
+    assert page.locator("h1 .status").inner_text() == "Rejected"
 
     letter = wait_for(lambda: decision_letter(console["outgoing"], urgent), 15, message="the decision letter in the outgoing folder")
     body = letter.get_body(preferencelist=("plain",)).get_content()

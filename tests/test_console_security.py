@@ -140,20 +140,29 @@ def test_no_route_edits_the_record(served):
 
 
 def test_the_login_lock_doubles_and_expires():
-    """The throttle's arithmetic on a moved clock: 5 free attempts per name, then 30 s, 60 s..."""
+    """The throttle's arithmetic on a moved clock: 5 free attempts per name and address together,
+    then 30 s, 60 s...; each attempt counts when it begins (as a failure until it succeeds)."""
     from refunddesk.review.auth import LoginThrottle
 
     now = [1000.0]
     throttle = LoginThrottle(clock=lambda: now[0])
-    for _ in range(4):
-        throttle.failed("carol", "10.0.0.1")
-    assert throttle.wait_seconds("carol", "10.0.0.1") == 0
-    throttle.failed("carol", "10.0.0.1")
-    assert throttle.wait_seconds("Carol", "10.0.0.9") == 30  # by name, whatever the address
-    assert throttle.wait_seconds("dave", "10.0.0.1") == 0      # the address is not locked yet
+    for _ in range(5):
+        assert throttle.attempt("carol", "10.0.0.1") == 0
+    assert throttle.attempt("Carol", "10.0.0.1") == 30  # locked for this name from this address
+    assert throttle.attempt("carol", "10.0.0.9") == 0   # the agent at their own desk is not locked out
+    assert throttle.attempt("dave", "10.0.0.1") == 0    # the address is not locked yet (20 there)
     now[0] += 31
-    assert throttle.wait_seconds("carol", "10.0.0.1") == 0
-    throttle.failed("carol", "10.0.0.1")
-    assert throttle.wait_seconds("carol", "10.0.0.1") == 60
+    assert throttle.attempt("carol", "10.0.0.1") == 0
+    assert throttle.attempt("carol", "10.0.0.1") == 60  # the sixth failure locked it for twice as long
     throttle.succeeded("carol", "10.0.0.1")
-    assert throttle.wait_seconds("carol", "10.0.0.1") == 0
+    assert throttle.attempt("carol", "10.0.0.1") == 0
+
+
+def test_an_address_that_guesses_many_names_is_locked():
+    from refunddesk.review.auth import LoginThrottle
+
+    throttle = LoginThrottle(clock=lambda: 1000.0)
+    for n in range(20):
+        assert throttle.attempt(f"name{n}", "10.0.0.7") == 0
+    assert throttle.attempt("alice", "10.0.0.7") == 30
+    assert throttle.attempt("alice", "10.0.0.8") == 0

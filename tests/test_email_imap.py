@@ -92,7 +92,7 @@ def test_a_crash_between_commit_and_move_makes_no_second_spool_row_or_case(polle
         info = client.select_folder("INBOX", readonly=True)
         (uid,) = client.search("ALL")
     # The state a crash right after the commit leaves: spooled, processed, still in INBOX.
-    account = f"{desk.config['email.imap.username']}@{desk.config['email.imap.host']}"
+    account = f"{desk.config.email.imap.username}@{desk.config.email.imap.host}"
     key = transport_id(account, "INBOX", info[b"UIDVALIDITY"], uid)
     inbound_id, _ = spool.spool(db, "email", key, raw, utcnow(), {"source": "imap"})
     pipeline.process(desk, db, inbound_id)
@@ -150,7 +150,7 @@ def test_a_new_uidvalidity_resets_the_watermark_and_rereads_the_folder(tmp_path,
     try:
         wait_for(lambda: len(inbound_rows(db)) == 1, message="the first mail")
         wait_for(poller.idling.is_set, message="idling")
-        account = f"{desk.config['email.imap.username']}@{desk.config['email.imap.host']}"
+        account = f"{desk.config.email.imap.username}@{desk.config.email.imap.host}"
         first_validity, _ = load_watermark(db, account, "Refunds")
     finally:
         poller.stop()

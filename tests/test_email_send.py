@@ -38,7 +38,8 @@ def store(tmp_path):
     def open_(settings_relay=None, **overrides):
         desk, _ = desk_from(tmp_path, mail_settings(tmp_path, settings_relay, **overrides))
         db = desk.open_db()
-        sender = EmailSender(desk.config.section("email.outgoing"), desk.addresses.refunds, desk.config.path("email.outgoing.folder"), "302.AI Support")
+        outgoing = desk.config.email.outgoing
+        sender = EmailSender(outgoing, desk.addresses.refunds, outgoing.folder, "302.AI Support")
         return desk, db, sender
 
     return open_

@@ -40,7 +40,7 @@ def receiver(tmp_path):
         bell = Doorbell()
         handle = start_receiver(desk, bell)
         started.append(handle)
-        return desk, desk.config["email.smtp_intake.port"], bell
+        return desk, desk.config.email.smtp_intake.port, bell
 
     yield start
     for handle in started:

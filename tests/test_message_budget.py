@@ -12,6 +12,7 @@ how fast the machine is.
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 
 from conftest import run_cli, wait_for, write_config
@@ -26,8 +27,8 @@ from test_worker_process import alive, worker_of
 REQUEST = "The API froze and I was charged 12.50 USD on 2026-11-20 10:00, account acme-7.\n"
 BUDGET = 0.5
 NOTICE_SUBJECT = "We could not read your message"
-# The worker runs at the lowest CPU priority: on a machine busy with other work it gets a few
-# per cent of a core, and even the half second of CPU the slow mail costs before it is stopped
+# The worker runs below the channels (nice 5): on a machine busy with other work it may get a
+# small share of a core, and even the half second of CPU the slow mail costs before it is stopped
 # then takes a minute. A deadline, not an expectation.
 WAIT = 180
 
@@ -194,22 +195,22 @@ def test_each_worker_lane_stops_its_own_slow_message(tmp_path, relay):
 
 
 def test_a_message_the_alarm_cannot_interrupt_has_its_worker_replaced_and_its_batch_goes_on(tmp_path, relay):
-    """HTML nested 60,000 deep: nh3's sanitizer (Rust, one call) needs ~7 s for it here and never
-    returns to Python meanwhile, so the worker's own alarm cannot stop it. The service kills the
-    worker a grace after the budget; its replacement keeps that message as a dead letter,
-    processes the rest of its batch (rolled back with the killed worker) without counting it
-    against, and starts at once. (Should the sanitizer ever be bounded, this test needs another
-    call into C code that runs on.)"""
-    settings = mail_settings(tmp_path, relay, **{"worker.message_seconds": 2})
+    """The worker's own alarm (SIGPROF) cannot stop a message when it is never delivered: here
+    serve, and so its worker, run with SIGPROF masked, as a C library that masks signals in its
+    thread (or one long call into C code that never returns to Python) would leave it. (Long C
+    calls that mail could cause, nh3 on deep nesting or on a tag of 150,000 attributes, are
+    bounded now: intake/email/html.py.) The service kills the worker a grace after the budget;
+    its replacement keeps that message as a dead letter, processes the rest of its batch
+    (rolled back with the killed worker) without counting it against, and starts at once."""
+    settings = mail_settings(tmp_path, relay, **{"worker.message_seconds": 0.5})  # 1.5 s with its grace; the mail costs ~2.5 s
     desk, _ = desk_from(tmp_path, settings)
     db = desk.open_db()
     mate_customer, stuck_customer, next_customer = "mate@customer.test", "stuck@customer.test", "next@customer.test"
-    depth = 60_000
-    mate, stuck = letter(mate_customer, "Refund", REQUEST), letter(stuck_customer, "Refund", REQUEST, html="<div>" * depth + "x" + "</div>" * depth)
+    mate, stuck = letter(mate_customer, "Refund", REQUEST), costly(stuck_customer)
     # Spooled before serve starts: the first batch is these two (the second brings it past its size).
     mate_id, _ = spool.spool(db, "email", "test:mate", mate, utcnow(), {"mail_from": mate_customer})
     stuck_id, _ = spool.spool(db, "email", "test:stuck", stuck, utcnow(), {"mail_from": stuck_customer})
-    served = MailDesk(tmp_path, settings).start()
+    served = MailDesk(tmp_path, settings).start(blocked_signals=frozenset({signal.SIGPROF}))
     try:
         first = worker_of(served.served)
         (notice,) = relay.wait_for(stuck_customer, timeout=WAIT)
@@ -223,9 +224,9 @@ def test_a_message_the_alarm_cannot_interrupt_has_its_worker_replaced_and_its_ba
         ((error, raw),) = db.execute("SELECT error, raw FROM inbound WHERE id = ?", [stuck_id]).fetchall()
         assert error.startswith("took too long") and raw == stuck
         log = served.served.output()
-        assert f"the worker has spent over 3 s on inbound {stuck_id}" in log
+        assert f"the worker has spent over 1.5 s on inbound {stuck_id}" in log
         assert "starting the worker again in" not in log and "ended unexpectedly" not in log
-        assert f"inbound {stuck_id} (Message-ID {message_id(stuck)}) took longer than its budget of 2 s" in log
+        assert f"inbound {stuck_id} (Message-ID {message_id(stuck)}) took longer than its budget of 0.5 s" in log
         in_hand = json.loads((tmp_path / "refunddesk.db-inhand").read_text())
         assert in_hand["deaths"] == {}  # the batch mate was not counted against
     finally:

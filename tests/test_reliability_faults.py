@@ -29,6 +29,7 @@ import pytest
 from conftest import base_settings, run_cli, write_config
 from mail_fixtures import PNG, REFUNDS, MailDesk, desk_from, letter, mail_settings, relay, send  # noqa: F401 (fixture)
 from refunddesk import cli
+from refunddesk.intake.email.commands import EX_TEMPFAIL
 from refunddesk.intake import pipeline
 from refunddesk.intake.email.smtp import start_receiver
 from refunddesk.store import db as store_db
@@ -65,7 +66,7 @@ def test_a_locked_database_gets_451_never_250_and_the_retry_is_stored(tmp_path, 
     desk, _ = desk_from(tmp_path, mail_settings(tmp_path))
     db = desk.open_db()
     receiver = start_receiver(desk, lambda: None)
-    port = desk.config["email.smtp_intake.port"]
+    port = desk.config.email.smtp_intake.port
     try:
         before = letter("a@customer.test", "Refund", COMPLETE)
         assert send(port, before, "a@customer.test") == {}  # the spooler's connection is open
@@ -105,7 +106,7 @@ def test_the_mta_pipe_exits_75_while_the_database_is_locked_and_stores_on_the_re
     assert run_cli(config, "init").returncode == 0
     holder = lock_exclusively(tmp_path / "refunddesk.db")
     try:
-        assert deliver() == cli.EX_TEMPFAIL  # sendmail/postfix keep the mail queued and retry
+        assert deliver() == EX_TEMPFAIL  # sendmail/postfix keep the mail queued and retry
     finally:
         holder.execute("ROLLBACK")
         holder.close()

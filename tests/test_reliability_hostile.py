@@ -15,6 +15,7 @@ import base64
 import io
 import re
 import select
+import smtplib
 import struct
 import tempfile
 import threading
@@ -34,6 +35,7 @@ from mail_fixtures import PNG, REFUNDS, MailDesk, Wire, desk_from, letter, mail_
 from processes import tree_status
 from refunddesk.intake.email import smtp as smtp_module
 from refunddesk.intake.email.parse import MailRejected, parse_mail
+from refunddesk.intake.email.receiving import SPILL_AT
 from refunddesk.intake.email.smtp import start_receiver
 from refunddesk.store.clock import utcnow
 from refunddesk.store.evidence import relative_path
@@ -232,15 +234,34 @@ def assert_only_our_headers(received, customer: str, kind: str) -> None:
 def test_hostile_mail_is_refused_or_stored_safely_in_seconds_and_bounded_memory(served, relay, hostile):
     raw = hostile.build(hostile.sender)
     parse_seconds, parse_peak, outcome = parse_cost(served, raw)
+    assert parse_peak < PARSE_PEAK_LIMIT, f"{hostile.name}: parser peak {parse_peak} bytes"
+    if hostile.refused and len(raw) <= SPILL_AT:
+        # Refused in the DATA reply (issue 21 item 7): the sender's MTA bounces it with the reason;
+        # nothing is stored and no letter of ours goes out for it. (The receiver checks a large
+        # mail's structure on its first megabyte only; the worker refuses the rest, below.)
+        assert outcome.startswith("refused: ")  # parse_mail refuses, it does not crash
+        (last,) = served.db.execute("SELECT coalesce(max(id), 0) FROM inbound").fetchone()
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            served.send(raw, hostile.sender)
+        seconds = time.monotonic() - started
+        memory = memory_of(served.served.process.pid)
+        MEASURED[hostile.name] = {"size": len(raw), "seconds": seconds, "parse_seconds": parse_seconds, "parse_peak": parse_peak,
+                                  "rss_peak": memory["VmHWM"], "outcome": "refused in DATA"}
+        assert refused.value.smtp_code == 554 and refused.value.smtp_error.startswith(b"5.6.0 Message refused: ")
+        assert outcome.removeprefix("refused: ").encode() in refused.value.smtp_error
+        assert seconds < SECONDS and memory["VmHWM"] - served.hwm_start < RSS_GROWTH_LIMIT, (seconds, memory)
+        assert served.db.execute("SELECT count(*) FROM inbound WHERE id > ?", [last]).fetchone()[0] == 0
+        assert relay.to(hostile.sender) == []
+        return
     row, seconds = deliver_and_wait(served, raw, hostile.sender)
     memory = memory_of(served.served.process.pid)
     MEASURED[hostile.name] = {"size": len(raw), "seconds": seconds, "parse_seconds": parse_seconds, "parse_peak": parse_peak, "rss_peak": memory["VmHWM"], "outcome": row["status"]}
     assert seconds < SECONDS, f"{hostile.name}: {seconds:.2f} s"
-    assert parse_peak < PARSE_PEAK_LIMIT, f"{hostile.name}: parser peak {parse_peak} bytes"
     assert memory["VmHWM"] - served.hwm_start < RSS_GROWTH_LIMIT, memory
     assert row["raw"] == raw  # whatever became of it, the raw bytes are kept
     if hostile.refused:
-        assert outcome.startswith("refused: ")  # parse_mail refuses, it does not crash
+        assert outcome.startswith("refused: ")
         assert row["status"] == "dead" and row["error"].startswith("refused: "), row["error"]
         relay.wait_for(hostile.sender)
         (received,) = [m for m in relay.messages if m.rcpt_tos == [hostile.sender]]  # one polite notice
@@ -340,7 +361,7 @@ def test_a_slow_drip_is_cut_off_by_the_command_timeout_while_others_are_served(t
     monkeypatch.setattr(smtp_module, "COMMAND_TIMEOUT", 1.0)  # 120 s in service, counted the same way
     desk, _ = desk_from(tmp_path, mail_settings(tmp_path))
     receiver = start_receiver(desk, lambda: None)
-    port = desk.config["email.smtp_intake.port"]
+    port = desk.config.email.smtp_intake.port
     db = desk.open_db()
     others: list[float] = []
     try:

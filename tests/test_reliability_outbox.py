@@ -29,7 +29,7 @@ def test_relay_down_for_an_hour_acknowledgements_wait_and_go_out_exactly_once(tm
     relay = relay_on(port, handler)
     desk, _ = desk_from(tmp_path, mail_settings(tmp_path, **{"email.outgoing.host": "127.0.0.1", "email.outgoing.port": port}))
     db = desk.open_db()
-    sender = EmailSender(desk.config.section("email.outgoing"), desk.addresses.refunds, desk.config.path("email.outgoing.folder"))
+    sender = EmailSender(desk.config.email.outgoing, desk.addresses.refunds, desk.config.email.outgoing.folder)
     start = utcnow()
 
     def request(customer: str, at) -> None:

@@ -5,7 +5,7 @@ spooled (RFC 8601 section 5), however it is written (folded, capitals, a comment
 `email.trusted_authserv_id` naming the upstream MTA, its verdict (the topmost field with its
 id) decides: mail failing DKIM/SPF/DMARC there, or carrying no verdict of it at all, is marked
 unverified where the agent looks: the message's meta, and a `sender_unverified` event in the
-case's event log (shown by the console's case page, built by `review.case_view.agent_view`).
+case's event log (shown by the console's case page, built by `review.case_page.agent_view`).
 
 tests/test_email_smtp.py checks the receiver in-process and test_reliability_imap.py the IMAP
 poller; this is the whole path, as agents see the result.
@@ -17,7 +17,7 @@ import json
 import pytest
 
 from mail_fixtures import MailDesk, letter, mail_settings, module_relay  # noqa: F401 (fixture: one relay per module)
-from refunddesk.review.case_view import agent_view
+from refunddesk.review.case_page import agent_view
 from refunddesk.store.clock import utcnow
 
 TRUSTED = "mx.upstream.test"

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import run_cli
+from conftest import add_agents, run_cli
 from refunddesk.review.decisions import DecisionError, reject
 from refunddesk.review.queue import Filters, list_queue
 from refunddesk.harness.driver import body_of, letters_to, mail, mail_case, receive_mail, send_email
@@ -25,6 +25,7 @@ def appeal(desk, db, sender: str, parent_id: str, when=None) -> str:
 def test_the_agent_who_decided_cannot_decide_the_appeal(make_desk, tmp_path):
     desk = make_desk()
     db = desk.open_db()
+    add_agents(db, "alice", "bob")
     config = tmp_path / "refunddesk.toml"
     when = utcnow() - timedelta(hours=3)
     refund_id = mail_case(desk, db, "marta@lumen.test", request_302ai(when - timedelta(days=1), desk), when)
@@ -41,7 +42,9 @@ def test_the_agent_who_decided_cannot_decide_the_appeal(make_desk, tmp_path):
     for verb, extra in (("approve", ["--amount", "5"]), ("reject", ["--reason", "late"])):
         refused = run_cli(config, "cases", verb, appeal_id, *extra, "--agent", "alice")
         assert refused.returncode == 1 and b"four eyes" in refused.stderr, refused.stderr
-        assert run_cli(config, "cases", verb, appeal_id, *extra, "--agent", "ALICE").returncode == 1  # names are not case-sensitive
+        # Names are not case-sensitive: ALICE is alice's account, and four eyes still holds.
+        again = run_cli(config, "cases", verb, appeal_id, *extra, "--agent", "ALICE")
+        assert again.returncode == 1 and b"alice decided" in again.stderr, again.stderr
     assert case_store.load_case(db, appeal_id).status == "queued"
 
     over = run_cli(config, "cases", "approve", appeal_id, "--amount", "12.51", "--agent", "bob")
@@ -52,7 +55,7 @@ def test_the_agent_who_decided_cannot_decide_the_appeal(make_desk, tmp_path):
     assert shown["status"] == "approved" and shown["parent_id"] == refund_id
 
     send_email(desk, db)
-    letter = letters_to(desk.config.path("email.outgoing.folder"), "marta@lumen.test")[-1]
+    letter = letters_to(desk.config.email.outgoing.folder, "marta@lumen.test")[-1]
     assert letter["Subject"] == f"[{appeal_id}] Your appeal is approved"
     assert f"your appeal about {refund_id}" in body_of(letter) and "12.50 USD" in body_of(letter)
     assert str(letter["From"]) == desk.addresses.appeals

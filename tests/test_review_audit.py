@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import run_cli
+from conftest import add_agents, run_cli
 from refunddesk.cli import build_parser
 from refunddesk.review.decisions import approve, reject
 from refunddesk.harness.driver import mail_case
@@ -38,6 +38,7 @@ def command_names(parser, prefix=()):
 def test_the_event_log_cannot_be_edited_through_any_command(make_desk, tmp_path):
     desk = make_desk()
     db = desk.open_db()
+    add_agents(db, "alice")
     config = tmp_path / "refunddesk.toml"
     when = utcnow() - timedelta(hours=1)
     first = mail_case(desk, db, "a@lumen.test", request_302ai(when - timedelta(days=1), desk), when)
@@ -53,7 +54,7 @@ def test_the_event_log_cannot_be_edited_through_any_command(make_desk, tmp_path)
         ("cases", "request-info", first, "--message", "Which key?", "--agent", "alice"),
         ("cases", "approve", second, "--amount", "12.50", "--agent", "alice"),
         ("cases", "reject", first, "--reason", "late", "--agent", "alice"),
-        ("cases", "flag", first, "--agent", "alice"),
+        ("cases", "flag", first, "--clear", "--agent", "alice"),
         ("queue", "--json"), ("sla", "--json"), ("cases", "list", "--json"),
         ("export", "--from", "2000-01-01", "--to", "2100-01-01", "--output", str(tmp_path / "s.csv")),
     ):

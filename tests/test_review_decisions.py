@@ -12,7 +12,7 @@ import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from conftest import run_cli
+from conftest import add_agents, run_cli
 from refunddesk.policy.deadlines import window_deadline
 from refunddesk.render import render
 from refunddesk.review import letters
@@ -67,6 +67,7 @@ def outbox_rows(db, case_id):
 def test_approve_by_cli_reaches_the_email_customer_with_payout_and_cap(make_desk, tmp_path):
     desk = make_desk()
     db = desk.open_db()
+    add_agents(db, 'alice')
     when = utcnow() - timedelta(hours=2)
     incident = when - timedelta(days=1)
     case_id = mail_case(desk, db, "marta@lumen.test", request_302ai(incident, desk), when)
@@ -76,7 +77,7 @@ def test_approve_by_cli_reaches_the_email_customer_with_payout_and_cap(make_desk
     assert done.returncode == 0, done.stderr.decode()
     send_email(desk, db)
 
-    letter = letters_to(desk.config.path("email.outgoing.folder"), "marta@lumen.test")[-1]
+    letter = letters_to(desk.config.email.outgoing.folder, "marta@lumen.test")[-1]
     body = body_of(letter)
     assert letter["Subject"] == f"[{case_id}] Your refund request is approved"
     assert "Auto-Submitted" not in letter  # a person decided: not an automatic reply
@@ -99,6 +100,7 @@ def test_approve_by_cli_reaches_the_email_customer_with_payout_and_cap(make_desk
 def test_reject_by_cli_cites_the_clause_reason_and_deadline_dates(make_desk, tmp_path):
     desk = make_desk()
     db = desk.open_db()
+    add_agents(db, 'alice', 'bea')
     when = utcnow() - timedelta(hours=1)
     incident = when - timedelta(days=2)
     case_id = mail_case(desk, db, "jo@pixel.test", request_302ai(incident, desk), when)
@@ -112,7 +114,7 @@ def test_reject_by_cli_cites_the_clause_reason_and_deadline_dates(make_desk, tmp
     assert len(outbox_rows(db, case_id)) == before + 1
     send_email(desk, db)
 
-    body = body_of(letters_to(desk.config.path("email.outgoing.folder"), "jo@pixel.test")[-1])
+    body = body_of(letters_to(desk.config.email.outgoing.folder, "jo@pixel.test")[-1])
     assert "Reason (P302-4): the review found no technical problem" in body
     assert "The logs show a single billed call." in body
     reapply_by = window_deadline(desk.calendar, desk.policy.timezone, incident.replace(second=0, microsecond=0), 7, "working_days").day.isoformat()
@@ -125,6 +127,7 @@ def test_reject_by_cli_cites_the_clause_reason_and_deadline_dates(make_desk, tmp
 def test_amount_over_the_request_is_refused_and_nothing_is_sent(make_desk, tmp_path):
     desk = make_desk()
     db = desk.open_db()
+    add_agents(db, 'alice')
     when = utcnow() - timedelta(hours=1)
     case_id = mail_case(desk, db, "cap@lumen.test", request_302ai(when - timedelta(days=1), desk, "12.50 USD"), when)
     before = len(outbox_rows(db, case_id))
@@ -139,6 +142,7 @@ def test_amount_over_the_request_is_refused_and_nothing_is_sent(make_desk, tmp_p
 def test_ipfixed_letters_state_arrival_per_method_and_the_appeal_date(make_desk, tmp_path):
     desk = make_desk(**{"policy.preset": "ipfixed"})
     db = desk.open_db()
+    add_agents(db, 'alice')
     when = utcnow() - timedelta(hours=1)
     paid_by_paypal = mail_case(desk, db, "mei@ip.test", request_ipfixed(when - timedelta(days=5), desk), when)
     paid_by_card = mail_case(desk, db, "lin@ip.test", request_ipfixed(when - timedelta(days=5), desk, "credit card"), when)
@@ -151,7 +155,7 @@ def test_ipfixed_letters_state_arrival_per_method_and_the_appeal_date(make_desk,
     done = run_cli(config_of(tmp_path), "cases", "reject", paid_by_card, "--reason", "outage_too_short", "--agent", "alice")
     assert done.returncode == 0, done.stderr.decode()
     send_email(desk, db)
-    folder = desk.config.path("email.outgoing.folder")
+    folder = desk.config.email.outgoing.folder
 
     approved = body_of(letters_to(folder, "mei@ip.test")[-1])
     assert "5-10 business days after approval" in approved and "(PIF-4)" in approved
@@ -168,6 +172,7 @@ def test_ipfixed_letters_state_arrival_per_method_and_the_appeal_date(make_desk,
 def test_telegram_decision_letters_go_to_the_chat(make_desk, tmp_path):
     desk = make_desk()
     db = desk.open_db()
+    add_agents(db, 'alice')
     when = utcnow() - timedelta(hours=1)
     incident = when - timedelta(days=1)
     answers = {
@@ -200,13 +205,14 @@ def test_telegram_decision_letters_go_to_the_chat(make_desk, tmp_path):
 def test_request_info_by_email_and_the_emailed_answer_requeues(make_desk, tmp_path):
     desk = make_desk()
     db = desk.open_db()
+    add_agents(db, 'alice')
     when = utcnow() - timedelta(hours=1)
     case_id = mail_case(desk, db, "ana@lumen.test", request_302ai(when - timedelta(days=1), desk), when)
     done = run_cli(config_of(tmp_path), "cases", "request-info", case_id, "--message", "Which API key was charged?", "--agent", "alice")
     assert done.returncode == 0, done.stderr.decode()
     assert case_store.load_case(db, case_id).status == "awaiting_customer"
     send_email(desk, db)
-    letter = letters_to(desk.config.path("email.outgoing.folder"), "ana@lumen.test")[-1]
+    letter = letters_to(desk.config.email.outgoing.folder, "ana@lumen.test")[-1]
     assert "Which API key was charged?" in body_of(letter)
     assert letter["Reply-To"] == f"refunds+{case_id}@desk.test"
 
@@ -249,6 +255,7 @@ def test_an_incomplete_request_can_be_rejected_and_still_gets_its_dates(make_des
     """A request that never told us the incident time: the deadlines count from the decision."""
     desk = make_desk()
     db = desk.open_db()
+    add_agents(db, 'alice')
     case_id = receive_mail(desk, db, mail("vague@lumen.test", "refund", "Please refund me, something went wrong.", to=desk.addresses.refunds))
     assert case_store.load_case(db, case_id).status == "collecting"
     assert run_cli(config_of(tmp_path), "cases", "approve", case_id, "--amount", "1", "--agent", "alice").returncode == 1

@@ -206,6 +206,7 @@ def extras(template: str, context: dict[str, Any]) -> dict[str, Any]:
         ]},
         "refused": {"problem": "message has too many MIME parts (more than 100)", "size_limit": 26214400},
         "file_refused": {"filename": f"screen recording{INJECTION}.mp4", "size": 73400320, "limit": 26214400},
+        "file_lost": {"filename": f"screen recording{INJECTION}.mp4"},
     }.get(template, {})
 
 

@@ -60,8 +60,8 @@ def test_one_senders_mail_is_one_conversation_however_it_arrives():
 
 def test_worker_processes_is_checked():
     base = {"email": {"refunds_address": "r@x.test", "appeals_address": "a@x.test"}}
-    assert validate({**base, "worker": {"processes": 3}}, "t.toml", environ={})["worker.processes"] == 3
-    assert validate(base, "t.toml", environ={})["worker.processes"] == 1
+    assert validate({**base, "worker": {"processes": 3}}, "t.toml", environ={}).worker.processes == 3
+    assert validate(base, "t.toml", environ={}).worker.processes == 1
     for wrong in (0, 99):
         with pytest.raises(ConfigError, match="worker.processes"):
             validate({**base, "worker": {"processes": wrong}}, "t.toml", environ={})
@@ -86,7 +86,7 @@ def test_two_workers_take_a_burst_of_whole_dialogs_each_in_order_and_mail_once(t
     monkeypatch.setenv("REFUNDDESK_TELEGRAM_TOKEN", fake_telegram.token)
     smtp_port = 0
     bot = BotUnderTest(tmp_path, fake_telegram, **{"worker.processes": 2, "email.smtp_intake.enabled": True})
-    smtp_port = bot.desk.config["email.smtp_intake.port"]
+    smtp_port = bot.desk.config.email.smtp_intake.port
     bot.start()
     try:
         wait_for(lambda: len(workers_of(bot.served)) == 2, 30, message="two worker processes")
@@ -118,7 +118,7 @@ def test_two_workers_take_a_burst_of_whole_dialogs_each_in_order_and_mail_once(t
             assert case.fields["amount"] == f"{10 + n}.50" and case.fields["account_id"] == f"acct-{n}"
             assert len(case.attachments) == 1
         assert len(workers_of(bot.served)) == 2
-        folder = bot.desk.config.path("email.outgoing.folder")
+        folder = bot.desk.config.email.outgoing.folder
         acks = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in folder.glob("*.eml")]
         assert sorted(str(m["To"]) for m in acks) == sorted(customers)  # one acknowledgement each
         (cases,) = bot.db.execute("SELECT count(*) FROM cases WHERE channel = 'email'").fetchone()

@@ -28,6 +28,7 @@ import ctypes.util
 import logging
 import os
 import pickle
+import resource
 import signal
 import sys
 from typing import Callable
@@ -52,6 +53,7 @@ NICENESS = 5  # below the channels, so that acceptance wins the CPU during a bur
 # against 1024 each) and a Telegram reply took 15 s instead of 0.1; at 5 it gets ~30 %.
 PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+EX_OUT_OF_MEMORY = 70  # EX_SOFTWARE: the service starts another worker
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -73,10 +75,11 @@ def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_le
     except OSError:
         pass
     fix_mmap_threshold()
+    limit_memory(desk.config.worker.memory_mb)
     use_writer_turns()
     doorbell = Doorbell(to_worker)
     os.set_blocking(from_worker, False)
-    budget = Budget(desk.config["worker.message_seconds"], Mark(mark) if mark is not None else None)
+    budget = Budget(desk.config.worker.message_seconds, Mark(mark) if mark is not None else None)
     work(desk, doorbell, lambda signal_byte: ring(from_worker, signal_byte), sweep, lane, budget, overdue)
 
 
@@ -110,6 +113,13 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
             handled = process_round(desk, db, in_hand, PASS_ROWS, lane=lane, budget=budget)
             if handled:
                 replies_written()
+        except MemoryError:
+            # Even keeping the message as a dead letter needs more memory than worker.memory_mb
+            # allows (SQLite rewrites its whole row): this worker ends, the batch is in hand, and
+            # the in-hand record makes the message a dead letter once it has cost enough workers.
+            log.error("the worker ran out of memory (worker.memory_mb = %s) outside any one message's reading; restarting",
+                      desk.config.worker.memory_mb)
+            os._exit(EX_OUT_OF_MEMORY)
         except (Exception, OverBudget):  # a budget running out where it could not be caught (SQLite ended the transaction)
             log.exception("worker pass failed; retrying")
         doorbell.wait(0 if handled else IDLE_WAIT)
@@ -146,6 +156,21 @@ def sweep_orphans(desk: Desk, db, in_hand: InHand, budget: Budget = NO_BUDGET) -
             log.info("removed %d evidence files no case refers to (left by an interrupted run)", removed)
     except Exception:
         log.exception("start-up sweep of orphaned evidence files failed")
+
+
+def limit_memory(megabytes: int) -> None:
+    """A mail that still blows up in memory (a parser's flaw nobody has found yet) becomes a dead
+    letter "too large to read" (MemoryError, intake/pipeline.py), never the OOM killer's choice of
+    a process on the host. RLIMIT_DATA, not RLIMIT_AS: glibc reserves 64 MB of address space per
+    thread's arena, which would count against an address-space limit though never used."""
+    if megabytes <= 0:
+        return
+    limit = megabytes * 1024 * 1024
+    try:
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not limit the worker's memory to %s MB (worker.memory_mb): %s", megabytes, exc)
 
 
 def die_with(parent: int) -> None:

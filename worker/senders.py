@@ -18,7 +18,7 @@ def open_senders(desk: Desk) -> tuple[list[Sender], list[Closer]]:
     email_sender = EmailSender.for_desk(desk)
     senders: list[Sender] = [email_sender]
     closers: list[Closer] = [email_sender.close]
-    if desk.config["telegram.enabled"]:
+    if desk.config.telegram.enabled:
         telegram = TelegramSender(make_bot(desk.config))
         connecting = asyncio.create_task(telegram.connect(), name="telegram-sender-connect")
 

@@ -44,7 +44,7 @@ class Worker:
         # of the descriptor and its write, or the byte could land in a file that reused the number.
         self.doorbell_lock = threading.Lock()
         self.restarts = 0
-        self.seconds = desk.config["worker.message_seconds"]
+        self.seconds = desk.config.worker.message_seconds
         self.watchdog: Watchdog | None = None
         self.overdue: int | None = None  # the message the last worker was replaced for
 
@@ -204,7 +204,7 @@ class Workers:
     other lanes would only race it for the same rows, so they start once it has swept."""
 
     def __init__(self, desk: Desk, swept: threading.Event, stopping: threading.Event) -> None:
-        count = desk.config["worker.processes"]
+        count = desk.config.worker.processes
         self.stopping = stopping
         self.lanes = [Worker(desk, swept, stopping, (k, count), self.set, self.start_others if k == 0 else lambda: None) for k in range(count)]
         self.others: list[asyncio.Task] = []

@@ -9,13 +9,14 @@ there is marked unverified for the agent; nothing is refused for it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterator
 
 FAILING = ("fail", "softfail", "permerror", "temperror", "policy")
 METHODS = ("dkim", "spf", "dmarc")
 FIELD_NAME = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE)
 RESULT = re.compile(r"\b(dkim|spf|dmarc)\s*=\s*([a-z]+)", re.IGNORECASE)
 COMMENT = re.compile(r"\([^()]*\)")
+MAX_FIELD_BYTES = 8 * 1024  # an honest Authentication-Results is a few lines; only this much is read
 
 
 def split_head(raw: bytes) -> tuple[bytes, bytes, bytes | memoryview]:
@@ -28,26 +29,33 @@ def split_head(raw: bytes) -> tuple[bytes, bytes, bytes | memoryview]:
     return raw, b"", b""
 
 
-def header_fields(head: bytes) -> list[bytes]:
-    """The header block as fields, each with its continuation lines and line endings."""
-    fields: list[bytes] = []
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
-        else:
-            fields.append(line)
-    return fields
+FIELD_START = re.compile(rb"\n(?=[^ \t])")
+
+
+def header_fields(head: bytes) -> Iterator[bytes]:
+    """The header block as fields, each with its continuation lines and line endings.
+
+    Found by one scan for the line breaks that start a field, and sliced: growing each field
+    line by line with `+=` copied it at every line, and one field folded over 1,000,000 lines
+    held serve (which runs this before spooling) for 100 CPU seconds; a list of its lines
+    held 150 MB for a 4 MB header."""
+    start = 0
+    for match in FIELD_START.finditer(head):
+        yield head[start : match.end()]
+        start = match.end()
+    if start < len(head):
+        yield head[start:]
 
 
 def authserv_id(field: bytes) -> str:
-    value = field.split(b":", 1)[1].decode("utf-8", "replace")
+    value = field[:MAX_FIELD_BYTES].split(b":", 1)[1].decode("utf-8", "replace")
     value = COMMENT.sub(" ", value)
     first = value.split(";", 1)[0].split()
     return first[0].lower() if first else ""
 
 
 def results_of(field: bytes) -> dict[str, str]:
-    value = COMMENT.sub(" ", field.split(b":", 1)[1].decode("utf-8", "replace"))
+    value = COMMENT.sub(" ", field[:MAX_FIELD_BYTES].split(b":", 1)[1].decode("utf-8", "replace"))
     found: dict[str, str] = {}
     for method, result in RESULT.findall(value.split(";", 1)[1] if ";" in value else ""):
         found.setdefault(method.lower(), result.lower())
@@ -63,18 +71,22 @@ def examine(raw: bytes, our_ids: set[str], trusted_id: str = "") -> tuple[bytes,
     trusted = trusted_id.strip().lower()
     ours = {i.lower() for i in our_ids if i} - {trusted}
     head, separator, body = split_head(raw)
-    kept: list[bytes] = []
+    kept: list[bytes | memoryview] = []  # only once a field is removed: most mails have none to remove
     removed: list[str] = []
+    clean_to = 0  # the header block up to here has no forged field
     verdicts: list[dict[str, str]] = []
+    at = 0
     for field in header_fields(head):
+        at += len(field)
         if FIELD_NAME.match(field):
             ident = authserv_id(field)
             if ident in ours:
-                removed.append(field.decode("utf-8", "replace").strip()[:500])
+                removed.append(field[:MAX_FIELD_BYTES].decode("utf-8", "replace").strip()[:500])
+                kept.append(memoryview(head)[clean_to : at - len(field)])
+                clean_to = at
                 continue
             if trusted and ident == trusted:
                 verdicts.append(results_of(field))
-        kept.append(field)
     verdict: dict[str, Any] = {"status": "unchecked", "removed_forged": len(removed)}
     if removed:
         verdict["forged"] = removed[:5]
@@ -84,7 +96,7 @@ def examine(raw: bytes, our_ids: set[str], trusted_id: str = "") -> tuple[bytes,
         results = verdicts[0] if verdicts else {}
         verdict["results"] = results
         verdict["status"] = status_of(results)
-    cleaned = b"".join(kept) + separator + body if removed else raw
+    cleaned = b"".join([*kept, memoryview(head)[clean_to:], separator, body]) if removed else raw
     return cleaned, verdict
 
 

@@ -25,8 +25,8 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import sqlite_utils
-from tqdm import tqdm
 
+from refunddesk.commandline import open_desk
 from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
 from refunddesk.intake.budget import NO_BUDGET, Budget
@@ -34,6 +34,7 @@ from refunddesk.policy import rules
 from refunddesk.policy.context import Context
 from refunddesk.policy.deadlines import window_deadline
 from refunddesk.policy.model import Case
+from refunddesk.progress import Progress
 from refunddesk.store import cases as case_store
 from refunddesk.store import spool
 from refunddesk.store.clock import utcnow
@@ -47,16 +48,8 @@ AUTOMATIC_KINDS = ("ack", "dialog", "notice")
 LATE_FINDINGS = ("deadline_passed", "appeal_window_passed")
 
 
-def register(commands, cases) -> None:
-    parser = commands.add_parser("import", help="import an mbox file or a Maildir of past refund mail")
-    parser.add_argument("path", help="an mbox file or a Maildir folder (with cur/ and new/)")
-    parser.add_argument("--no-reply", action="store_true", help="answer none of the imported mail")
-    parser.set_defaults(func=cmd_import)
-
-
 def cmd_import(args: argparse.Namespace) -> int:
-    from refunddesk.cli import open_desk
-
+    """`refunddesk import` (registered in intake/email/commands.py)."""
     path = Path(args.path)
     if not path.exists():
         print(f"refunddesk: {path}: no such file or folder", file=sys.stderr)
@@ -69,12 +62,15 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"refunddesk: {path}: not an mbox file or a Maildir: {exc}", file=sys.stderr)
         return 1
     counts: Counter[str] = Counter()
-    budget = Budget(desk.config["worker.message_seconds"])  # one slow mail must not stall the import
+    budget = Budget(desk.config.worker.message_seconds)  # one slow mail must not stall the import
     try:
         keys = list(source.keys())
-        for key in tqdm(keys, desc="importing", unit="mail", file=sys.stderr, disable=None):
-            raw, arrived = read_message(source, key)
-            counts[import_one(desk, db, raw, arrived, str(path), no_reply=args.no_reply, budget=budget)] += 1
+        with Progress("imported", "mail", len(keys)) as progress:
+            for key in keys:
+                raw, arrived = read_message(source, key)
+                counts[import_one(desk, db, raw, arrived, str(path), no_reply=args.no_reply, budget=budget)] += 1
+                dead = counts["dead letters"]
+                progress.advance(f"{dead} dead letter{'' if dead == 1 else 's'}")
     finally:
         source.close()
         db.conn.close()
@@ -133,7 +129,7 @@ def import_one(desk: Desk, db: sqlite_utils.Database, raw: bytes, delivered: dat
     received_at = arrival_time(raw, delivered, now)
     key = "import:" + hashlib.sha256(raw).hexdigest()  # of the bytes as found: re-imports match
     our_ids = authresults.our_authserv_ids(desk.addresses.ours(), desk.mail_domain)
-    raw, verdict = authresults.examine(raw, our_ids, desk.config["email.trusted_authserv_id"])
+    raw, verdict = authresults.examine(raw, our_ids, desk.config.email.trusted_authserv_id)
     meta = {"source": "import", "path": source, "authentication": verdict}
     if no_reply:
         meta["no_reply"] = "backlog import with --no-reply"

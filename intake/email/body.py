@@ -18,6 +18,7 @@ from refunddesk.policy.model import Attachment
 from refunddesk.store.evidence import safe_filename
 
 from . import charsets
+from .headers import raw_header
 from . import html as mailhtml
 
 MAX_PARTS = 500
@@ -184,14 +185,6 @@ def filename_of(part: Message) -> str:
         location = str(part.get("Content-Location", "") or "").strip()
         name = PurePosixPath(location.split("?", 1)[0]).name if location else ""
     return charsets.one_line(name)
-
-
-def raw_header(part: Message, name: str) -> str:
-    try:
-        values = [str(v) for k, v in part.raw_items() if k.lower() == name.lower()]
-    except Exception:
-        values = []
-    return " ".join(values[0].split()) if values else ""
 
 
 def extension_for(content_type: str) -> str:

@@ -12,7 +12,6 @@ import email.parser
 import email.policy
 import hashlib
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from email.message import Message
 from email.utils import getaddresses, parseaddr
@@ -22,9 +21,11 @@ from refunddesk.addresses import Addresses
 from refunddesk.intake.parsed import Parsed
 from refunddesk.policy.extract import detect_language
 from refunddesk.policy.model import InboundMessage
+from refunddesk.policy.text import READ_LIMIT
 
 from . import charsets, loops, quoting
 from . import html as mailhtml
+from .headers import raw_header, was_cut
 from .body import MAX_DEPTH, MAX_PARTS, MailRejected, charset_hints, read_body
 from .reading import read_message
 
@@ -37,6 +38,11 @@ MAX_BOUNDARY_LINES = MAX_PARTS * 2
 MAX_MULTIPART_HEADERS = MAX_DEPTH * 4
 
 
+PLUS_TAG = re.compile(r"\+[^@]*@")
+MAX_HEADER_BYTES = 1024 * 1024  # honest headers are a few KB; a long thread's References tens of KB
+CUT_SHOWN = ("Subject", "From", "References")  # a header the agent is told was cut (headers.py)
+
+
 def parse_mail(raw: bytes, meta: dict[str, Any], addresses: Addresses, received_at: datetime) -> Parsed:
     if meta.get("oversized"):
         raise MailRejected(f"the message is too large ({meta['oversized']} bytes)")
@@ -47,7 +53,10 @@ def parse_mail(raw: bytes, meta: dict[str, Any], addresses: Addresses, received_
         raise MailRejected(f"MIME nesting too deep (over {MAX_DEPTH})") from None
     hints = charset_hints(msg)
 
-    from_name, sender = parseaddr(raw_header(msg, "From"))
+    from_value = raw_header(msg, "From")
+    if charsets.SURROGATES.search(from_value):  # 8-bit, as SMTPUTF8 mail writes it (RFC 6532): read as UTF-8
+        from_value = charsets.decode_bytes(from_value.encode("ascii", "surrogateescape"), "utf-8", hints)
+    from_name, sender = parseaddr(from_value)
     from_name = charsets.decode_header_value(from_name, hints)
     envelope_from = meta.get("mail_from", None)
     if not sender and envelope_from:
@@ -63,13 +72,17 @@ def parse_mail(raw: bytes, meta: dict[str, Any], addresses: Addresses, received_
     case_ref = plus_ref or (tag.group(1).upper() if tag else None)
 
     body = read_body(msg)
-    own, forwarded = quoting.split_forward(body.text, subject)
+    own, forwarded = quoting.split_forward(body.text, subject, READ_LIMIT)
     if forwarded:
         body.add_file(forwarded.encode("utf-8"), "forwarded-message.txt", "text/plain")
-    language = detect_language(subject + "\n" + own)
+    language = detect_language(subject + "\n" + own[:READ_LIMIT])
     no_reply = meta.get("no_reply") or loops.no_reply_reason(msg, sender, envelope_from, addresses.ours())
     bounce_of = loops.bounced_message_ids(msg) if msg.get_content_type() == "multipart/report" else ()
     authentication = meta.get("authentication") or {"status": "unchecked"}
+    if envelope_from and sender and not same_mailbox(clean_address(envelope_from), sender):
+        # Anyone can write any From: a header naming another mailbox than the envelope is not
+        # taken as that mailbox's word (the pipeline holds its fields for an existing case).
+        authentication = {**authentication, "envelope_from": clean_address(envelope_from)[:254] or "(unreadable)"}
 
     inbound = InboundMessage(
         channel="email",
@@ -91,6 +104,7 @@ def parse_mail(raw: bytes, meta: dict[str, Any], addresses: Addresses, received_
             "recipients": recipients,
             "authentication": authentication,
             "forwarded": bool(forwarded) or any(a.content_type == "message/rfc822" for a in body.attachments),
+            **({"headers_cut": cut} if (cut := [n for n in CUT_SHOWN if was_cut(msg, n)]) else {}),
         },
     )
     html = "\n".join(body.html)
@@ -111,8 +125,16 @@ def check_structure(raw: bytes) -> None:
     # message/rfc822 nests too (a forward of a forward ...): the stdlib parser recurses on both.
     if len(re.findall(rb"(?im)^content-type:\s*(?:multipart|message)/", raw[:4_000_000])) > MAX_MULTIPART_HEADERS:
         raise MailRejected(f"MIME nesting too deep (over {MAX_DEPTH})")
+    if header_block_size(raw) > MAX_HEADER_BYTES:
+        raise MailRejected(f"the message's header is too large (over {MAX_HEADER_BYTES // 1024} KB)")
     if raw.count(b"\n--") > MAX_BOUNDARY_LINES and boundary_lines(raw) > MAX_BOUNDARY_LINES:
         raise MailRejected(f"too many MIME parts (over {MAX_PARTS})")
+
+
+def header_block_size(raw: bytes) -> int:
+    """Bytes before the blank line that ends the header (the whole message when there is none)."""
+    ends = [at for at in (raw.find(b"\n\n", 0, MAX_HEADER_BYTES + 2), raw.find(b"\n\r\n", 0, MAX_HEADER_BYTES + 3)) if at >= 0]
+    return min(ends) if ends else len(raw)
 
 
 def boundary_lines(raw: bytes) -> int:
@@ -124,18 +146,14 @@ def boundary_lines(raw: bytes) -> int:
     return sum(1 for d in delimiters if d.rstrip().removesuffix(b"--") in boundaries)
 
 
-def raw_header(msg: Message, name: str) -> str:
-    """The first such header exactly as written (encoded words still encoded), on one line."""
-    try:
-        values = [v for k, v in msg.raw_items() if k.lower() == name.lower()]
-    except Exception:
-        values = []
-    return " ".join(str(values[0]).split()) if values else ""
-
-
 def header_text(msg: Message, name: str, hints: tuple[str, ...] = ()) -> str:
     """A header as one line of text; a malformed header must not cost us the message."""
     return charsets.decode_header_value(raw_header(msg, name), hints)
+
+
+def same_mailbox(a: str, b: str) -> bool:
+    """One mailbox, whatever +tag either carries (refunds+RF-1@ is refunds@)."""
+    return PLUS_TAG.sub("@", a.lower()) == PLUS_TAG.sub("@", b.lower())
 
 
 def clean_address(address: str) -> str:

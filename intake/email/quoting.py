@@ -54,13 +54,25 @@ def strip_quotes(text: str, subject: str = "") -> str:
     return own
 
 
-def split_forward(text: str, subject: str = "") -> tuple[str, str]:
-    """(the customer's own words, the forwarded message below them or "")."""
-    lines = lines_of(text)
+def split_forward(text: str, subject: str = "", limit: int | None = None) -> tuple[str, str]:
+    """(the customer's own words, the forwarded message below them or "").
+
+    With `limit`, only that many characters are searched for the cut; what lies past them
+    goes, unread, with the part it follows (the own words, or the forward)."""
+    if limit is not None and len(text) > limit:
+        line_end = text.rfind("\n", 0, limit)  # cut between lines, so both parts keep whole lines
+        limit = line_end + 1 if line_end > limit // 2 else limit
+    rest = "\n".join(lines_of(text[limit:])) if limit is not None else ""
+    lines = lines_of(text[:limit] if limit is not None else text)
     cut, forward = find_cut(lines, bool(FORWARD_SUBJECT.match(subject or "")))
     own = [line.rstrip() for line in lines[:cut] if not line.lstrip().startswith(">")]
     forwarded = "\n".join(lines[cut:]).strip() if forward else ""
-    return "\n".join(drop_greeting(drop_signature(own))).strip(), forwarded
+    own_text = "\n".join(drop_greeting(drop_signature(own))).strip()
+    if rest and forward:
+        forwarded += "\n" + rest
+    elif rest and cut >= len(lines) - 1:  # no quote began within the limit: the rest is theirs too
+        own_text += "\n" + rest
+    return own_text, forwarded
 
 
 def find_cut(lines: list[str], forward_subject: bool) -> tuple[int, bool]:

@@ -30,3 +30,4 @@ class HeaderClasses(email.headerregistry.HeaderRegistry):
 
 REGISTRY = HeaderClasses()
 WRITING = email.policy.default.clone(header_factory=REGISTRY)  # the policy of the letters we compose
+WRITING_UTF8 = WRITING.clone(utf8=True)  # ... to an internationalised address (RFC 6532)

@@ -26,7 +26,9 @@ from refunddesk.store.committer import GroupCommitter
 from refunddesk.store.clock import utcnow
 
 from . import authresults
-from .parse import mail_conversation, split_plus
+from .body import MailRejected
+from .parse import MAX_HEADER_BYTES, check_structure, mail_conversation, split_plus
+from .receiving import MIN_RATE, Connections, NotStored, Received, ReceiveBudget, Spliced, TooSlow, read_data
 
 log = logging.getLogger("refunddesk.smtp")
 MAX_RECIPIENTS = 50
@@ -39,13 +41,10 @@ REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
 REPLY_TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 REPLY_BUSY = "451 4.3.2 Too many large messages at once, please try again later"
 REPLY_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
-# A message being received is held whole in its buffer until it is spooled. Transfers
-# declared larger than LARGE_MESSAGE (RFC 1870 SIZE, which MTAs send) take turns; small mail
-# never waits.
-LARGE_MESSAGE = 1024 * 1024
-LARGE_TRANSFERS = 1
-LARGE_WAIT = 60  # seconds a large transfer may wait for its turn; then 451 and the sender retries
-END_OF_DATA = b".\r\n"  # the terminating line when it begins a line (RFC 5321 4.1.1.4)
+REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, please try again later"
+REPLY_TOO_SLOW = "451 4.4.2 Transfer too slow, please try again later"
+REPLY_REFUSED_STRUCTURE = "554 5.6.0 Message refused: {reason}"
+HEAD_BYTES = MAX_HEADER_BYTES + 4096  # read from a spilled message: its header block and the blank line
 
 
 class IntakeSMTP(SMTP):
@@ -59,6 +58,22 @@ class IntakeSMTP(SMTP):
 
     line_length_limit = LINE_LIMIT
 
+    async def _handle_client(self) -> None:
+        """Past the receiver's caps on connections (in all, and per client address), a client
+        is told 421 and closed before anything else: its MTA tries again later."""
+        connections: Connections = self.event_handler.connections
+        client = peer_of(self.session)
+        if not connections.admit(client):
+            log.warning("refused a connection from %s: too many connections (email.smtp_intake.max_connections%s)",
+                        client, "_per_client" if connections.count < connections.total else "")
+            await self.push(REPLY_TOO_MANY_CONNECTIONS)
+            self.transport.close()
+            return
+        try:
+            await super()._handle_client()
+        finally:
+            connections.leave(client)
+
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -69,70 +84,35 @@ class IntakeSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
-        turns = getattr(self.event_handler, "large_transfers", None)
-        if turns is None or declared_size(self.envelope) <= LARGE_MESSAGE:
-            return await self.receive_data()
-        try:
-            await asyncio.wait_for(turns.acquire(), LARGE_WAIT)
-        except asyncio.TimeoutError:
-            await self.push(REPLY_BUSY)
-            return
-        try:
-            await self.receive_data()
-        finally:
-            turns.release()
-
-    async def receive_data(self) -> None:
         await self.push(REPLY_GO_AHEAD)
+        handler = self.event_handler
         try:
-            content = await read_data(self._reader, self.data_size_limit)
+            received = await read_data(self._reader, self.data_size_limit, handler.budget, handler.spill_dir, self._reset_timeout)
+        except NotStored as exc:
+            log.error("could not keep a message from %s while it arrived (%s); answered 451", peer_of(self.session), exc)
+            self._set_post_data_state()
+            await self.push(REPLY_TRY_LATER)
+            return
+        except TooSlow as exc:
+            log.warning("cut a transfer from %s that fell under %d bytes/s (%s)", peer_of(self.session), MIN_RATE, exc)
+            await self.push(REPLY_TOO_SLOW)
+            self.transport.close()
+            return
         except asyncio.CancelledError:
             log.info("connection lost during DATA")
             self._writer.close()
             raise
-        if content is None:
+        if received is None:
             await self.push(REPLY_TOO_BIG)  # the answer IntakeHandler.handle_DATA gives over the limit
             self._set_post_data_state()
             return
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        self.envelope.content = self.envelope.original_content = received
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            received.close()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
-
-
-async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytearray | None:
-    """The message up to the line holding one dot, dot-unstuffed (RFC 5321 4.5.2); None when
-    it was longer than `limit` (then it is read to its end and dropped, as RFC 5321 4.2.5 asks)."""
-    buffer = bytearray()
-    dropped = 0
-    while True:
-        try:
-            piece = await reader.readuntil(END_OF_DATA)
-        except asyncio.LimitOverrunError as exc:  # no dot line in the reader's window yet
-            piece = await reader.read(exc.consumed)
-        buffer += piece
-        dot = len(buffer) - len(END_OF_DATA)
-        if buffer.endswith(END_OF_DATA) and (dot == 0 or buffer[dot - 2 : dot] == b"\r\n"):
-            del buffer[dot:]
-            break
-        if limit and dropped + len(buffer) > limit:
-            dropped += len(buffer) - 2
-            del buffer[:-2]  # the last line end, to recognize the dot line after it
-    if dropped:
-        return None
-    if buffer.startswith(b"."):
-        del buffer[0]
-    if b"\r\n." in buffer:
-        buffer = buffer.replace(b"\r\n.", b"\r\n")
-    return buffer  # not bytes(buffer): that would be a second copy of a 28 MB mail
-
-
-def declared_size(envelope: Envelope | None) -> int:
-    for option in (envelope.mail_options if envelope is not None else ()):
-        name, _, value = option.partition("=")
-        if name.upper() == "SIZE" and value.isdigit():
-            return int(value)
-    return 0
 
 
 class IntakeController(Controller):
@@ -147,10 +127,11 @@ class Spooler:
     def __init__(self, desk: Desk) -> None:
         self.committer = GroupCommitter(desk.open_db, "smtp-spool")
 
-    async def store(self, raw: bytes, meta: dict[str, Any]) -> int:
+    async def store(self, raw: bytes | Spliced, meta: dict[str, Any]) -> int:
         transport_id, now = f"smtp:{uuid.uuid4().hex}", utcnow()
-        conversation = mail_conversation(raw, meta)
-        return await self.committer.write(lambda db: spool.spool(db, "email", transport_id, raw, now, meta, conversation)[0], len(raw))
+        conversation = mail_conversation(raw if isinstance(raw, bytes) else raw.start, meta)
+        size = len(raw) if isinstance(raw, bytes) else raw.size
+        return await self.committer.write(lambda db: spool.spool(db, "email", transport_id, raw, now, meta, conversation)[0], size)
 
     def close(self) -> None:
         self.committer.close()
@@ -161,10 +142,13 @@ class IntakeHandler:
         self.desk = desk
         self.wake = wake
         self.spooler = spooler
-        self.limit = desk.config["email.smtp_intake.max_message_bytes"]
-        self.trusted_authserv_id = desk.config["email.trusted_authserv_id"]
+        self.limit = desk.config.email.smtp_intake.max_message_bytes
+        self.trusted_authserv_id = desk.config.email.trusted_authserv_id
         self.our_authserv_ids = authresults.our_authserv_ids(desk.addresses.ours(), desk.mail_domain)
-        self.large_transfers = asyncio.Semaphore(LARGE_TRANSFERS)
+        intake = desk.config.email.smtp_intake
+        self.budget = ReceiveBudget(intake.buffer_bytes)
+        self.connections = Connections(intake.max_connections, intake.max_connections_per_client)
+        self.spill_dir = desk.db_path.parent / "incoming"  # unnamed files of transfers past 1 MiB
 
     def accepts(self, address: str) -> bool:
         base, _ = split_plus(address.strip().lower())
@@ -180,10 +164,20 @@ class IntakeHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         try:
-            raw = envelope.original_content or b""
-            if len(raw) > self.limit:
+            received: Received = envelope.original_content
+            if received.size > self.limit:
                 return REPLY_TOO_BIG
-            raw, verdict = authresults.examine(raw, self.our_authserv_ids, self.trusted_authserv_id)
+            spilled = received.spill is not None
+            start = received.start(HEAD_BYTES) if spilled else bytes(received.head)
+            try:
+                # Refused now, in the DATA reply, so the sender's MTA bounces with the reason
+                # (over IMAP, where nothing can be refused, the worker answers with a notice).
+                check_structure(start)
+            except MailRejected as exc:
+                log.warning("refused a message from %s in its DATA reply: %s", peer_of(session), exc)
+                return REPLY_REFUSED_STRUCTURE.format(reason=exc)
+            cleaned, verdict = authresults.examine(start, self.our_authserv_ids, self.trusted_authserv_id)
+            raw: bytes | Spliced = Spliced(cleaned, received, len(start)) if spilled else cleaned
             meta = {
                 "source": "smtp",
                 "mail_from": envelope.mail_from or "",
@@ -200,7 +194,7 @@ class IntakeHandler:
             # Ours to fix, never the sender's: a 4xx makes the sender keep the mail and retry.
             log.exception("could not store a message from %s; answered 451", peer_of(session))
             return REPLY_TRY_LATER
-        log.info("stored inbound %s (%d bytes) from %s for %s", inbound_id, len(raw), peer_of(session), ", ".join(envelope.rcpt_tos))
+        log.info("stored inbound %s (%d bytes) from %s for %s", inbound_id, received.size, peer_of(session), ", ".join(envelope.rcpt_tos))
         try:
             self.wake()
         except Exception:  # the worker also polls; a failed doorbell only delays processing
@@ -253,18 +247,18 @@ def start_receiver(desk: Desk, wake: Callable[[], None]) -> Receiver:
     """Listen on email.smtp_intake.host:port in a thread of its own; returns an object with stop()."""
     config = desk.config
     options: dict[str, Any] = {
-        "data_size_limit": config["email.smtp_intake.max_message_bytes"],
+        "data_size_limit": config.email.smtp_intake.max_message_bytes,
         "enable_SMTPUTF8": True,
         "decode_data": False,  # keeps 8BITMIME on and the bytes exactly as sent
         "server_hostname": desk.mail_domain,
         "timeout": COMMAND_TIMEOUT,
     }
-    if config["email.smtp_intake.tls_cert"]:
-        cert = config.path("email.smtp_intake.tls_cert")
-        key = config.path("email.smtp_intake.tls_key") if config["email.smtp_intake.tls_key"] else cert  # one PEM may hold both
-        options["tls_context"] = tls_context(str(cert), str(key))
-    if config["email.smtp_intake.auth_username"]:
-        options["authenticator"] = password_checker(config["email.smtp_intake.auth_username"], config["email.smtp_intake.auth_password"])
+    intake = config.email.smtp_intake
+    if intake.tls_cert:
+        key = intake.tls_key or intake.tls_cert  # one PEM may hold both
+        options["tls_context"] = tls_context(str(intake.tls_cert), str(key))
+    if intake.auth_username:
+        options["authenticator"] = password_checker(intake.auth_username, intake.auth_password)
         options["auth_required"] = True
         # Without TLS, AUTH in the clear is the operator's choice (a relay on a private link).
         options["auth_require_tls"] = "tls_context" in options
@@ -274,7 +268,7 @@ def start_receiver(desk: Desk, wake: Callable[[], None]) -> Receiver:
         logging.getLogger("mail.log").setLevel(logging.WARNING)
     spooler = Spooler(desk)
     handler = IntakeHandler(desk, wake, spooler)
-    controller = IntakeController(handler, hostname=config["email.smtp_intake.host"], port=config["email.smtp_intake.port"], **options)
+    controller = IntakeController(handler, hostname=intake.host, port=intake.port, **options)
     try:
         controller.start()
     except BaseException:
