@@ -30,6 +30,7 @@ not run. The bot does not ask for edits (allowed_updates); one that comes anyway
 
 No ConversationHandler and no PTB persistence: the dialog's state lives in our store.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,9 @@ import json
 import logging
 import warnings
 from collections import deque
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -158,7 +160,7 @@ class TelegramBot:
             # (harmless if this fails: the spool drops an update_id it already has).
             try:
                 await asyncio.wait_for(self.get_updates(self.ledger.offset, 0, limit=1), 3)
-            except (TelegramError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, TelegramError) as exc:
                 log.debug("final acknowledgement failed: %s", self.redact(exc))
         self.connected = False
         await self.bot.shutdown()
@@ -200,7 +202,8 @@ class TelegramBot:
             await self.set_commands()
 
         await until_it_answers(
-            introduce, lambda exc: log.warning("cannot reach the Telegram Bot API (%s); retrying", self.redact(exc)))
+            introduce, lambda exc: log.warning("cannot reach the Telegram Bot API (%s); retrying", self.redact(exc))
+        )
         self.connected = True
         log.info("Telegram bot @%s polling", self.bot.username)
 
@@ -245,7 +248,7 @@ class TelegramBot:
     async def progress_or(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.progress.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def take(self, update: dict[str, Any]) -> None:
@@ -300,8 +303,9 @@ class TelegramBot:
                 problem = str(exc)
             except Exception as exc:
                 problem = self.redact(f"{type(exc).__name__}: {exc}")
-                log.error("Telegram update %s could not be stored (%s); kept as a dead letter",
-                          update["update_id"], problem)
+                log.error(
+                    "Telegram update %s could not be stored (%s); kept as a dead letter", update["update_id"], problem
+                )
         await self.keep_dead(update, problem)
 
     async def store(self, update: dict[str, Any]) -> None:
@@ -369,8 +373,9 @@ class TelegramBot:
 
     def spooled(self, transport_id: str) -> bool:
         """On the loop itself: one read by a unique index, which a WAL reader never waits for."""
-        row = self.db.execute("SELECT 1 FROM inbound WHERE channel = 'telegram' AND transport_id = ?",
-                              [transport_id]).fetchone()
+        row = self.db.execute(
+            "SELECT 1 FROM inbound WHERE channel = 'telegram' AND transport_id = ?", [transport_id]
+        ).fetchone()
         return row is not None
 
     # --- files ---------------------------------------------------------------------------------
@@ -444,8 +449,13 @@ class TelegramBot:
                 if len(data) > self.file_limit:
                     return "refused_files", self.refusal(filename, 0)  # its size is unknown: more than the limit
         digest, _ = await self.in_thread(evidence.write_blob, self.desk.files, data)
-        return "files", {"filename": filename, "content_type": content_type, "size": len(data), "sha256": digest,
-                         "file_unique_id": file.file_unique_id}
+        return "files", {
+            "filename": filename,
+            "content_type": content_type,
+            "size": len(data),
+            "sha256": digest,
+            "file_unique_id": file.file_unique_id,
+        }
 
     def refusal(self, filename: str, size: int | None) -> dict[str, Any]:
         return {"filename": filename, "size": size or 0, "limit": self.file_limit}
@@ -493,7 +503,7 @@ def received_at(update: dict[str, Any]) -> datetime:
     # deadlines count from when the customer asked. A button press carries no date.
     date = (update.get("message") or {}).get("date") if isinstance(update.get("message"), dict) else None
     try:
-        return datetime.fromtimestamp(int(date), timezone.utc) if date else utcnow()
+        return datetime.fromtimestamp(int(date), UTC) if date else utcnow()
     except (TypeError, ValueError, OverflowError, OSError):
         return utcnow()
 

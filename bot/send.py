@@ -6,14 +6,16 @@ the API again: a storm of 429s costs one refused call per wait, not one per queu
 Messages held back are given a retry time just after the one that failed, so they leave in
 the order they were written, and a chat never sees the second question before the first.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
@@ -68,7 +70,9 @@ class TelegramSender:
 
     async def connect(self) -> None:
         """getMe until Telegram answers; until then rows wait (the bot's poller logs the outage)."""
-        await until_it_answers(self.bot.initialize, lambda exc: log.debug("the Telegram sender cannot reach the Bot API yet (%s)", exc))
+        await until_it_answers(
+            self.bot.initialize, lambda exc: log.debug("the Telegram sender cannot reach the Bot API yet (%s)", exc)
+        )
         self.ready = True
 
     async def close(self) -> None:
@@ -85,7 +89,9 @@ class TelegramSender:
         try:
             for index, chunk in enumerate(chunks):
                 last = index == len(chunks) - 1
-                await self.bot.send_message(chat_id=int(row["recipient"]), text=chunk, reply_markup=markup if last else None)
+                await self.bot.send_message(
+                    chat_id=int(row["recipient"]), text=chunk, reply_markup=markup if last else None
+                )
         except RetryAfter as exc:
             wait = seconds_of(exc)
             self.hold(wait)
@@ -110,11 +116,14 @@ class TelegramSender:
     def wait_turn(self) -> None:
         """Refuse (for now) while Telegram asked us to wait; the row retries right after."""
         if not self.ready:
-            raise TemporaryFailure("the Telegram bot is not connected yet", retry_after=NOT_READY_SECONDS, attempted=False)
+            raise TemporaryFailure(
+                "the Telegram bot is not connected yet", retry_after=NOT_READY_SECONDS, attempted=False
+            )
         wait = self.hold_until - time.monotonic()
         if wait > 0:
-            raise TemporaryFailure(f"holding for Telegram ({wait:.1f} s left)", retry_after=wait + QUEUE_MARGIN_SECONDS,
-                                   attempted=False)
+            raise TemporaryFailure(
+                f"holding for Telegram ({wait:.1f} s left)", retry_after=wait + QUEUE_MARGIN_SECONDS, attempted=False
+            )
 
 
 def seconds_of(exc: RetryAfter) -> float:
@@ -142,7 +151,12 @@ def keyboard(buttons: list[list[str]], language: str) -> InlineKeyboardMarkup | 
     """One button per row: the labels are phrases, and a phone screen is narrow."""
     if not buttons:
         return None
-    return InlineKeyboardMarkup([[InlineKeyboardButton(button_label(label, command, language), callback_data=command)] for label, command in buttons])
+    return InlineKeyboardMarkup(
+        [
+            [InlineKeyboardButton(button_label(label, command, language), callback_data=command)]
+            for label, command in buttons
+        ]
+    )
 
 
 def button_label(label: str, command: str, language: str) -> str:

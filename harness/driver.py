@@ -4,6 +4,7 @@ A customer's mail or Telegram update is spooled exactly as the channels spool it
 by `intake.pipeline.process` at a chosen moment, so a test can put a case in the past and
 move the clock. Nothing here is mocked: the letters come out of the real outbox.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,9 +32,9 @@ from refunddesk.store.clock import utcnow
 from refunddesk.store.evidence import sha256_of, write_blob
 
 
-
 def tiny_png(width: int = 4, height: int = 3) -> bytes:
     """A real, decodable PNG (a browser must be able to show it inline)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -46,7 +47,16 @@ PNG = tiny_png()
 _serial = itertools.count(1)
 
 
-def mail(sender: str, subject: str, text: str, *, to: str, html: str | None = None, attachments: tuple[tuple[str, str, bytes], ...] = (), in_reply_to: str | None = None) -> bytes:
+def mail(
+    sender: str,
+    subject: str,
+    text: str,
+    *,
+    to: str,
+    html: str | None = None,
+    attachments: tuple[tuple[str, str, bytes], ...] = (),
+    in_reply_to: str | None = None,
+) -> bytes:
     """An RFC 5322 message as a customer's client sends it; attachments are (name, mime, bytes)."""
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, subject
@@ -62,11 +72,20 @@ def mail(sender: str, subject: str, text: str, *, to: str, html: str | None = No
     return msg.as_bytes()
 
 
-def receive_mail(desk: Desk, db: sqlite_utils.Database, raw: bytes, when: datetime | None = None, to: str | None = None) -> str | None:
+def receive_mail(
+    desk: Desk, db: sqlite_utils.Database, raw: bytes, when: datetime | None = None, to: str | None = None
+) -> str | None:
     """Spool and process one mail at `when`; returns the case it landed on."""
     when = when or utcnow()
     envelope_from = parseaddr(email.message_from_bytes(raw)["From"] or "")[1]
-    inbound_id, _ = spool.spool(db, "email", f"test:{next(_serial)}", raw, when, {"rcpt_tos": [to or desk.addresses.refunds], "mail_from": envelope_from})
+    inbound_id, _ = spool.spool(
+        db,
+        "email",
+        f"test:{next(_serial)}",
+        raw,
+        when,
+        {"rcpt_tos": [to or desk.addresses.refunds], "mail_from": envelope_from},
+    )
     status = pipeline.process(desk, db, inbound_id, when)
     row = db.execute("SELECT case_id, error FROM inbound WHERE id = ?", [inbound_id]).fetchone()
     if status == "dead":
@@ -74,20 +93,56 @@ def receive_mail(desk: Desk, db: sqlite_utils.Database, raw: bytes, when: dateti
     return row[0]
 
 
-def mail_case(desk: Desk, db: sqlite_utils.Database, sender: str, text: str, when: datetime | None = None, *, html: str | None = None, files: tuple[tuple[str, str, bytes], ...] = (("screenshot.png", "image/png", PNG),), subject: str = "Refund request") -> str:
+def mail_case(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    sender: str,
+    text: str,
+    when: datetime | None = None,
+    *,
+    html: str | None = None,
+    files: tuple[tuple[str, str, bytes], ...] = (("screenshot.png", "image/png", PNG),),
+    subject: str = "Refund request",
+) -> str:
     """A complete refund case by email: the request, then a reply carrying the evidence."""
     case_id = receive_mail(desk, db, mail(sender, subject, text, to=desk.addresses.refunds, html=html), when)
     if files:
-        receive_mail(desk, db, mail(sender, f"Re: [{case_id}] {subject}", "The evidence is attached.", to=desk.addresses.refunds, attachments=files), when)
+        receive_mail(
+            desk,
+            db,
+            mail(
+                sender,
+                f"Re: [{case_id}] {subject}",
+                "The evidence is attached.",
+                to=desk.addresses.refunds,
+                attachments=files,
+            ),
+            when,
+        )
     return case_id
 
 
-def telegram_update(chat_id: int, *, text: str | None = None, command: str | None = None, callback: str | None = None, language: str = "en") -> bytes:
+def telegram_update(
+    chat_id: int,
+    *,
+    text: str | None = None,
+    command: str | None = None,
+    callback: str | None = None,
+    language: str = "en",
+) -> bytes:
     user = {"id": chat_id, "is_bot": False, "first_name": "Test", "language_code": language}
     chat = {"id": chat_id, "type": "private"}
     number = next(_serial)
     if callback is not None:
-        update = {"update_id": number, "callback_query": {"id": str(number), "from": user, "data": callback, "message": {"message_id": number, "chat": chat, "date": 0}}}
+        update = {
+            "update_id": number,
+            "callback_query": {
+                "id": str(number),
+                "from": user,
+                "data": callback,
+                "message": {"message_id": number, "chat": chat, "date": 0},
+            },
+        }
     else:
         body = f"/{command}" + (f" {text}" if text else "") if command else (text or "")
         message = {"message_id": number, "from": user, "chat": chat, "date": 0, "text": body}
@@ -97,7 +152,13 @@ def telegram_update(chat_id: int, *, text: str | None = None, command: str | Non
     return json.dumps(update).encode()
 
 
-def receive_chat(desk: Desk, db: sqlite_utils.Database, raw: bytes, when: datetime | None = None, files: tuple[tuple[str, str, bytes], ...] = ()) -> str | None:
+def receive_chat(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    raw: bytes,
+    when: datetime | None = None,
+    files: tuple[tuple[str, str, bytes], ...] = (),
+) -> str | None:
     """Spool and process one update, with files already downloaded as the bot adapter does."""
     when = when or utcnow()
     meta: dict[str, Any] = {"files": []}
@@ -107,11 +168,20 @@ def receive_chat(desk: Desk, db: sqlite_utils.Database, raw: bytes, when: dateti
     update_id = json.loads(raw)["update_id"]
     inbound_id, _ = spool.spool(db, "telegram", str(update_id), raw, when, meta)
     if pipeline.process(desk, db, inbound_id, when) == "dead":
-        raise AssertionError(f"the pipeline dead-lettered the update: {db.execute('SELECT error FROM inbound WHERE id = ?', [inbound_id]).fetchone()[0]}")
+        raise AssertionError(
+            f"the pipeline dead-lettered the update: {db.execute('SELECT error FROM inbound WHERE id = ?', [inbound_id]).fetchone()[0]}"
+        )
     return db.execute("SELECT case_id FROM inbound WHERE id = ?", [inbound_id]).fetchone()[0]
 
 
-def chat_case(desk: Desk, db: sqlite_utils.Database, chat_id: int, answers: dict[str, str], when: datetime | None = None, language: str = "en") -> str:
+def chat_case(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    chat_id: int,
+    answers: dict[str, str],
+    when: datetime | None = None,
+    language: str = "en",
+) -> str:
     """A complete refund case in a Telegram chat: /refund, then answer whatever the bot asks."""
     case_id = receive_chat(desk, db, telegram_update(chat_id, command="refund", language=language), when)
     for _ in range(30):
@@ -124,11 +194,22 @@ def chat_case(desk: Desk, db: sqlite_utils.Database, chat_id: int, answers: dict
             if case.attachments:
                 receive_chat(desk, db, telegram_update(chat_id, callback="done_evidence", language=language), when)
             else:
-                receive_chat(desk, db, telegram_update(chat_id, text="", language=language), when, files=(("screenshot.png", "image/png", PNG),))
+                receive_chat(
+                    desk,
+                    db,
+                    telegram_update(chat_id, text="", language=language),
+                    when,
+                    files=(("screenshot.png", "image/png", PNG),),
+                )
         elif asking == "confirm":
             receive_chat(desk, db, telegram_update(chat_id, callback="confirm", language=language), when)
         elif spec is not None and spec.type == "choice":
-            receive_chat(desk, db, telegram_update(chat_id, callback=f"choose:{asking}:{answers[asking]}", language=language), when)
+            receive_chat(
+                desk,
+                db,
+                telegram_update(chat_id, callback=f"choose:{asking}:{answers[asking]}", language=language),
+                when,
+            )
         else:
             receive_chat(desk, db, telegram_update(chat_id, text=answers[asking], language=language), when)
     raise AssertionError(f"the chat dialog did not complete {case_id}: {case_store.load_case(db, case_id)}")

@@ -25,13 +25,15 @@ Two guards, because one is not enough:
   the message as a dead letter. Its batch's other messages were rolled back with it and are
   processed again, and are not counted against (worker/in_hand.py).
 """
+
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
 import time
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 REASON = "took too long"
 NOTICE = "it took too long to process"  # in the refused-mail notice: "could not process it automatically: ..."
@@ -111,5 +113,3 @@ class Budget:
 
 
 NO_BUDGET = Budget()
-
-

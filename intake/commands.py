@@ -1,6 +1,7 @@
 """`refunddesk deadletters`: the messages intake stored but could not make a case of, kept with
 their raw bytes for an agent to look at and, once the cause is gone, to process again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,9 @@ from refunddesk.store import spool
 
 def register(commands: argparse._SubParsersAction) -> None:
     dead = add_command(
-        commands, "deadletters", "messages that could not be processed, kept with their raw bytes",
+        commands,
+        "deadletters",
+        "messages that could not be processed, kept with their raw bytes",
         "A message becomes a dead letter when it cannot be read (broken MIME, no sender), when reading it\n"
         "takes longer than worker.message_seconds, or when processing fails. Nothing is dropped.",
     ).add_subparsers(dest="dead_command", required=True, metavar="COMMAND", help="one of:")
@@ -23,7 +26,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=cmd_dead_list)
 
     retry = add_command(
-        dead, "retry", "process a dead letter again, with the configured time budget",
+        dead,
+        "retry",
+        "process a dead letter again, with the configured time budget",
         "example:\n  refunddesk deadletters retry 42",
     )
     retry.add_argument("id", type=int, help="the dead letter's number, as `refunddesk deadletters list` shows it")

@@ -6,6 +6,7 @@ too deep) gets a polite reply and is kept as a dead letter; an internal error is
 the spool row id, the raw message stays as a dead letter, and the worker carries on. A message
 that runs past its time budget (intake/budget.py) is refused in the same way: `took too long`.
 """
+
 from __future__ import annotations
 
 import email
@@ -22,8 +23,8 @@ import sqlite_utils
 
 from refunddesk.desk import Desk
 from refunddesk.intake.budget import NO_BUDGET, NOTICE, REASON, Budget, OverBudget
-from refunddesk.intake.email.parse import MailRejected, first_message_id, parse_mail, split_plus
 from refunddesk.intake.email import loops
+from refunddesk.intake.email.parse import MailRejected, first_message_id, parse_mail, split_plus
 from refunddesk.intake.parsed import Parsed
 from refunddesk.intake.telegram import parse_update
 from refunddesk.policy import dialog
@@ -63,7 +64,7 @@ def process_pending(desk: Desk, db: sqlite_utils.Database, limit: int = 100, bud
     while waiting:
         done = process_many(desk, db, waiting, budget=budget)
         handled += len(done)
-        waiting = waiting[len(done):]
+        waiting = waiting[len(done) :]
     return handled
 
 
@@ -84,12 +85,21 @@ class Prepared:
         return len(self.row.get("raw") or b"")
 
 
-def process(desk: Desk, db: sqlite_utils.Database, inbound_id: int, now: datetime | None = None, budget: Budget = NO_BUDGET) -> str:
+def process(
+    desk: Desk, db: sqlite_utils.Database, inbound_id: int, now: datetime | None = None, budget: Budget = NO_BUDGET
+) -> str:
     """Run one spooled message through the dialog. Returns the row's final status."""
     return process_many(desk, db, [inbound_id], now, budget=budget)[0]
 
 
-def process_many(desk: Desk, db: sqlite_utils.Database, inbound_ids: list[int], now: datetime | None = None, max_bytes: int = BATCH_BYTES, budget: Budget = NO_BUDGET) -> list[str]:
+def process_many(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    inbound_ids: list[int],
+    now: datetime | None = None,
+    max_bytes: int = BATCH_BYTES,
+    budget: Budget = NO_BUDGET,
+) -> list[str]:
     """Several spooled messages in one write transaction, each in a savepoint of its own;
     their final statuses, in order. Reading, parsing and writing evidence files happen first,
     outside the write lock that the channels wait for. A batch ends after the message that
@@ -146,13 +156,19 @@ def read_row(desk: Desk, row: dict[str, Any]) -> Prepared:
         return Prepared(row, refused=str(exc))
     except MemoryError:
         # Over the worker's memory limit (worker.memory_mb): this message alone, answered as refused mail.
-        log.error("inbound %s needed more memory than the worker may use (worker.memory_mb); kept as a dead letter", inbound_id)
+        log.error(
+            "inbound %s needed more memory than the worker may use (worker.memory_mb); kept as a dead letter",
+            inbound_id,
+        )
         return Prepared(row, refused=TOO_LARGE_TO_READ)
     except Exception as exc:  # any parser bug must cost one message its processing, never the worker
         log.exception("inbound %s could not be parsed; kept as a dead letter", inbound_id)
         return Prepared(row, failure=exc)
     try:
-        files = [evidence.store_file(desk.files, a.data, a.content_type) if a.data is not None else None for a in parsed.inbound.attachments]
+        files = [
+            evidence.store_file(desk.files, a.data, a.content_type) if a.data is not None else None
+            for a in parsed.inbound.attachments
+        ]
     except Exception as exc:
         log.exception("inbound %s: its files could not be stored; kept as a dead letter", inbound_id)
         return Prepared(row, failure=exc)
@@ -187,15 +203,22 @@ def settle(desk: Desk, db: sqlite_utils.Database, item: Prepared, now: datetime,
         return keep_as_dead_letter(db, inbound_id, exc, now)
 
 
-def keep_overdue(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], seconds: float | None, now: datetime) -> str:
+def keep_overdue(
+    desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], seconds: float | None, now: datetime
+) -> str:
     """A message that ran past its time budget: a dead letter (its raw bytes stay), and the
     notice refused mail gets. The log names the message, never its content."""
     inbound_id = row["id"]
     head = head_of(row) if row["channel"] == "email" else None
     message_id = first_message_id(loops.header(head, "Message-ID")) if head is not None else ""
     budget = f"{seconds:g} s" if seconds is not None else "its budget"
-    log.error("inbound %s%s took longer than its budget of %s (worker.message_seconds); stopped and kept as a dead letter: %s",
-              inbound_id, f" (Message-ID {message_id})" if message_id else "", budget, REASON)
+    log.error(
+        "inbound %s%s took longer than its budget of %s (worker.message_seconds); stopped and kept as a dead letter: %s",
+        inbound_id,
+        f" (Message-ID {message_id})" if message_id else "",
+        budget,
+        REASON,
+    )
     spool.finish(db, inbound_id, "dead", now, error=f"{REASON}: over {budget} (worker.message_seconds)")
     try:
         with db.atomic():
@@ -229,7 +252,15 @@ def status_now(db: sqlite_utils.Database, inbound_id: int) -> str:
     return db.execute("SELECT status FROM inbound WHERE id = ?", [inbound_id]).fetchone()[0]
 
 
-def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Parsed, now: datetime, files: list[evidence.StoredFile | None], reading: dialog.Reading | None = None) -> str:
+def apply(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    row: dict[str, Any],
+    parsed: Parsed,
+    now: datetime,
+    files: list[evidence.StoredFile | None],
+    reading: dialog.Reading | None = None,
+) -> str:
     inbound = parsed.inbound
     inbound_id = row["id"]
     first = spool.first_with_key(db, parsed.dedup_key, inbound_id)
@@ -237,15 +268,40 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
         # The same customer message again (a retry, the IMAP copy, a second address): one case.
         spool.finish(db, inbound_id, "duplicate", now, case_id=first["case_id"], dedup_key=parsed.dedup_key)
         if first["case_id"]:
-            events.record(db, first["case_id"], "system", "duplicate_receipt", now, {"inbound": inbound_id, "channel": row["channel"]})
+            events.record(
+                db,
+                first["case_id"],
+                "system",
+                "duplicate_receipt",
+                now,
+                {"inbound": inbound_id, "channel": row["channel"]},
+            )
         return "duplicate"
 
     bounced_case = case_store.case_for_message_ids(db, parsed.bounce_of) if parsed.bounce_of else None
     if bounced_case:
         # A delivery report about one of our letters: the agent must see that the customer did
         # not get it. A report naming no letter of ours goes on below, like any other mail.
-        case_store.add_message(db, bounced_case, "in", inbound.channel, inbound.received_at, inbound.text, sender=inbound.sender, subject=inbound.subject, inbound_id=inbound_id, meta={"bounce": True, "message_ids": list(parsed.bounce_of)})
-        events.record(db, bounced_case, "system", "bounce_received", now, {"inbound": inbound_id, "message_ids": list(parsed.bounce_of)})
+        case_store.add_message(
+            db,
+            bounced_case,
+            "in",
+            inbound.channel,
+            inbound.received_at,
+            inbound.text,
+            sender=inbound.sender,
+            subject=inbound.subject,
+            inbound_id=inbound_id,
+            meta={"bounce": True, "message_ids": list(parsed.bounce_of)},
+        )
+        events.record(
+            db,
+            bounced_case,
+            "system",
+            "bounce_received",
+            now,
+            {"inbound": inbound_id, "message_ids": list(parsed.bounce_of)},
+        )
         spool.finish(db, inbound_id, "done", now, case_id=bounced_case, dedup_key=parsed.dedup_key)
         return "done"
 
@@ -265,7 +321,9 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
         events.record(db, case.id, "system", "case_opened", now, {"channel": inbound.channel, "kind": kind})
         case_store.save_case(db, case, now)  # evidence rows refer to the case, so it must exist first
 
-    stored = [store_attachment(desk, db, case.id, a, inbound_id, now, file) for a, file in zip(inbound.attachments, files)]
+    stored = [
+        store_attachment(desk, db, case.id, a, inbound_id, now, file) for a, file in zip(inbound.attachments, files)
+    ]
     inbound = replace(inbound, attachments=tuple(stored))
     if not opened and is_unverified(inbound):
         return hold_unverified(db, case, parsed, inbound, inbound_id, stored, now)
@@ -281,25 +339,75 @@ def apply(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], parsed: Pa
     authentication = inbound.meta.get("authentication") or {}
     if authentication:
         message_meta["authentication"] = authentication
-    case_store.add_message(db, case.id, "in", inbound.channel, inbound.received_at, inbound.text, sender=inbound.sender, subject=inbound.subject, html=parsed.html, inbound_id=inbound_id, meta=message_meta)
+    case_store.add_message(
+        db,
+        case.id,
+        "in",
+        inbound.channel,
+        inbound.received_at,
+        inbound.text,
+        sender=inbound.sender,
+        subject=inbound.subject,
+        html=parsed.html,
+        inbound_id=inbound_id,
+        meta=message_meta,
+    )
     if is_unverified(inbound):
         # Shown to agents: the trusted upstream MTA could not confirm who sent this mail, or its
         # From names another mailbox than its envelope.
-        events.record(db, case.id, "system", "sender_unverified", now, {"inbound": inbound_id, "results": authentication.get("results", {}),
-                                                                        "envelope_from": authentication.get("envelope_from", "")})
+        events.record(
+            db,
+            case.id,
+            "system",
+            "sender_unverified",
+            now,
+            {
+                "inbound": inbound_id,
+                "results": authentication.get("results", {}),
+                "envelope_from": authentication.get("envelope_from", ""),
+            },
+        )
     if inbound.meta.get("headers_cut"):
         # Shown to agents: a header over the reading cap (intake/email/headers.py) was cut.
-        events.record(db, case.id, "system", "headers_cut", now, {"inbound": inbound_id, "headers": inbound.meta["headers_cut"]})
+        events.record(
+            db, case.id, "system", "headers_cut", now, {"inbound": inbound_id, "headers": inbound.meta["headers_cut"]}
+        )
     if authentication.get("removed_forged"):
-        events.record(db, case.id, "system", "forged_authentication_removed", now, {"inbound": inbound_id, "fields": authentication.get("forged", [])})
+        events.record(
+            db,
+            case.id,
+            "system",
+            "forged_authentication_removed",
+            now,
+            {"inbound": inbound_id, "fields": authentication.get("forged", [])},
+        )
     case_store.remember_message_id(db, parsed.message_id, case.id)
-    events.record(db, case.id, inbound.sender or "customer", "message_received", now, {"inbound": inbound_id, "channel": inbound.channel})
+    events.record(
+        db,
+        case.id,
+        inbound.sender or "customer",
+        "message_received",
+        now,
+        {"inbound": inbound_id, "channel": inbound.channel},
+    )
     for action, data in result.events:
         events.record(db, case.id, "system", action, now, data)
     replies = list(result.replies)
     for refused in inbound.meta.get("refused_files", ()):
         # An adapter refused a file (too large); the customer hears why, with the limit.
-        replies.insert(0, Reply("file_refused", {"case_id": case.id, "filename": refused.get("filename", ""), "size": refused.get("size", 0), "limit": refused.get("limit", 0)}, "notice"))
+        replies.insert(
+            0,
+            Reply(
+                "file_refused",
+                {
+                    "case_id": case.id,
+                    "filename": refused.get("filename", ""),
+                    "size": refused.get("size", 0),
+                    "limit": refused.get("limit", 0),
+                },
+                "notice",
+            ),
+        )
     for lost in inbound.meta.get("lost_files", ()):
         # A file the adapter could not get after its retries (bot/app.py): the customer sends it again.
         replies.insert(0, Reply("file_lost", {"case_id": case.id, "filename": lost.get("filename", "")}, "notice"))
@@ -339,7 +447,11 @@ def answers_outside_dialog(db: sqlite_utils.Database, inbound) -> bool:
     when no case is open, which must not open an empty one."""
     if inbound.command in CHAT_ONLY_COMMANDS:
         return True
-    return bool(inbound.command) and inbound.command not in ("refund", "appeal") and not case_store.open_case_for(db, inbound.channel, inbound.conversation_key)
+    return (
+        bool(inbound.command)
+        and inbound.command not in ("refund", "appeal")
+        and not case_store.open_case_for(db, inbound.channel, inbound.conversation_key)
+    )
 
 
 def is_unverified(inbound: InboundMessage) -> bool:
@@ -349,45 +461,112 @@ def is_unverified(inbound: InboundMessage) -> bool:
     return authentication.get("status") == "unverified" or bool(authentication.get("envelope_from"))
 
 
-def hold_unverified(db: sqlite_utils.Database, case: Case, parsed: Parsed, inbound: InboundMessage, inbound_id: int,
-                    stored: list[Attachment], now: datetime) -> str:
+def hold_unverified(
+    db: sqlite_utils.Database,
+    case: Case,
+    parsed: Parsed,
+    inbound: InboundMessage,
+    inbound_id: int,
+    stored: list[Attachment],
+    now: datetime,
+) -> str:
     """An unverified mail to an existing case: its text and files are added for the agent to
     see, but it changes no field and starts no dialog until the agent, or the case's verified
     sender, confirms what it says. No letter goes out for it (it could name anyone)."""
     authentication = inbound.meta.get("authentication") or {}
-    meta = {"message_id": parsed.message_id, "attachments": [a.metadata() for a in stored],
-            "authentication": authentication, "held": True}
-    case_store.add_message(db, case.id, "in", inbound.channel, inbound.received_at, inbound.text, sender=inbound.sender,
-                           subject=inbound.subject, html=parsed.html, inbound_id=inbound_id, meta=meta)
-    events.record(db, case.id, "system", "unverified_message_held", now,
-                  {"inbound": inbound_id, "from": inbound.sender, "envelope_from": authentication.get("envelope_from", ""),
-                   "status": authentication.get("status", "")})
+    meta = {
+        "message_id": parsed.message_id,
+        "attachments": [a.metadata() for a in stored],
+        "authentication": authentication,
+        "held": True,
+    }
+    case_store.add_message(
+        db,
+        case.id,
+        "in",
+        inbound.channel,
+        inbound.received_at,
+        inbound.text,
+        sender=inbound.sender,
+        subject=inbound.subject,
+        html=parsed.html,
+        inbound_id=inbound_id,
+        meta=meta,
+    )
+    events.record(
+        db,
+        case.id,
+        "system",
+        "unverified_message_held",
+        now,
+        {
+            "inbound": inbound_id,
+            "from": inbound.sender,
+            "envelope_from": authentication.get("envelope_from", ""),
+            "status": authentication.get("status", ""),
+        },
+    )
     case_store.remember_message_id(db, parsed.message_id, case.id)
     spool.finish(db, inbound_id, "done", now, case_id=case.id, dedup_key=parsed.dedup_key)
     return "done"
 
 
-def store_attachment(desk: Desk, db: sqlite_utils.Database, case_id: str, attachment: Attachment, inbound_id: int, now: datetime, stored: evidence.StoredFile | None) -> Attachment:
-    meta = evidence.attach(db, desk.files, case_id, attachment.data, attachment.filename, attachment.content_type, now, inbound_id, attachment.sha256, stored)
+def store_attachment(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    case_id: str,
+    attachment: Attachment,
+    inbound_id: int,
+    now: datetime,
+    stored: evidence.StoredFile | None,
+) -> Attachment:
+    meta = evidence.attach(
+        db,
+        desk.files,
+        case_id,
+        attachment.data,
+        attachment.filename,
+        attachment.content_type,
+        now,
+        inbound_id,
+        attachment.sha256,
+        stored,
+    )
     return Attachment(meta["filename"], meta["content_type"], meta["size"], meta["sha256"], None, attachment.inline)
 
 
 def context_for(desk: Desk, db: sqlite_utils.Database, case: Case, inbound) -> Context:
     # Case ids the customer names, within what every reader reads (a 10 MB paste is not searched).
-    refs = {f"{m.group(1).upper()}-{m.group(2)}" for m in CASE_ID.finditer(f"{inbound.subject}\n{inbound.text[:READ_LIMIT]}")}
+    refs = {
+        f"{m.group(1).upper()}-{m.group(2)}"
+        for m in CASE_ID.finditer(f"{inbound.subject}\n{inbound.text[:READ_LIMIT]}")
+    }
     refs |= {r for r in (inbound.case_ref, case.fields.get("parent_ref")) if r}
     refs.discard(case.id)
     elsewhere = {a.sha256: evidence.cases_with_file(db, a.sha256, case.id) for a in inbound.attachments}
     for attachment in case.attachments:
         elsewhere.setdefault(attachment["sha256"], evidence.cases_with_file(db, attachment["sha256"], case.id))
     history = History(
-        recent_requests_from_contact=case_store.count_recent_requests(db, case.contact, inbound.received_at - REPEAT_WINDOW),
+        recent_requests_from_contact=case_store.count_recent_requests(
+            db, case.contact, inbound.received_at - REPEAT_WINDOW
+        ),
         evidence_elsewhere={k: v for k, v in elsewhere.items() if v},
     )
     return Context(desk.policy, desk.calendar, case_store.load_cases(db, refs), history)
 
 
-def enqueue_reply(desk: Desk, db: sqlite_utils.Database, case: Case | None, reply: Reply, parsed: Parsed | None, now: datetime, *, language: str | None = None, recipient: str | None = None, channel: str | None = None) -> int:
+def enqueue_reply(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    case: Case | None,
+    reply: Reply,
+    parsed: Parsed | None,
+    now: datetime,
+    *,
+    language: str | None = None,
+    recipient: str | None = None,
+    channel: str | None = None,
+) -> int:
     """Render a reply and put it in the outbox, suppressed when loop rules forbid an automatic answer."""
     channel = channel or (case.channel if case else parsed.inbound.channel)
     language = language or (case.language if case else parsed.inbound.language) or "en"
@@ -407,15 +586,36 @@ def enqueue_reply(desk: Desk, db: sqlite_utils.Database, case: Case | None, repl
     elif automatic and channel == "email" and over_reply_cap(desk, db, recipient, now):
         status, reason = "suppressed", "per-sender automatic reply limit reached"
     outbox_id = outbox.enqueue(
-        db, case_id=case.id if case else None, channel=channel, recipient=recipient, kind=reply.kind,
-        template=reply.template, language=language, subject=subject, body=body, now=now,
-        buttons=[list(b) for b in reply.buttons], headers=headers, status=status,
+        db,
+        case_id=case.id if case else None,
+        channel=channel,
+        recipient=recipient,
+        kind=reply.kind,
+        template=reply.template,
+        language=language,
+        subject=subject,
+        body=body,
+        now=now,
+        buttons=[list(b) for b in reply.buttons],
+        headers=headers,
+        status=status,
     )
     if reason:
         db.execute("UPDATE outbox SET last_error = ? WHERE id = ?", [f"not sent: {reason}", outbox_id])
         log.info("automatic reply to %s suppressed: %s", recipient, reason)
     if case is not None:
-        case_store.add_message(db, case.id, "out", channel, now, body, sender="refunddesk", subject=subject, outbox_id=outbox_id, meta={"status": status})
+        case_store.add_message(
+            db,
+            case.id,
+            "out",
+            channel,
+            now,
+            body,
+            sender="refunddesk",
+            subject=subject,
+            outbox_id=outbox_id,
+            meta={"status": status},
+        )
         if headers.get("Message-ID"):
             case_store.remember_message_id(db, headers["Message-ID"], case.id)
     return outbox_id
@@ -446,7 +646,16 @@ def answer_without_case(desk: Desk, db: sqlite_utils.Database, parsed: Parsed, n
     context: dict[str, Any] = {"policy_name": desk.policy.name}
     if inbound.command == "status":
         cases = [c for c in case_store.cases_of_contact(db, inbound.sender) if c.channel == inbound.channel]
-        context["cases"] = [{"id": c.id, "kind": c.kind, "status": c.status, "amount": c.fields.get("amount"), "currency": c.fields.get("currency")} for c in cases]
+        context["cases"] = [
+            {
+                "id": c.id,
+                "kind": c.kind,
+                "status": c.status,
+                "amount": c.fields.get("amount"),
+                "currency": c.fields.get("currency"),
+            }
+            for c in cases
+        ]
         reply = Reply("status", context, "notice")
     elif inbound.command == "help":
         reply = Reply("help", context, "notice")
@@ -455,7 +664,9 @@ def answer_without_case(desk: Desk, db: sqlite_utils.Database, parsed: Parsed, n
     enqueue_reply(desk, db, None, reply, parsed, now, language=inbound.language)
 
 
-def answer_refused_mail(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], problem: str, now: datetime) -> None:
+def answer_refused_mail(
+    desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], problem: str, now: datetime
+) -> None:
     """A polite word to the sender of a mail we will not read, unless the sender is a robot."""
     if row["channel"] != "email":
         return
@@ -468,8 +679,22 @@ def answer_refused_mail(desk: Desk, db: sqlite_utils.Database, row: dict[str, An
         return
     language = "zh" if re.search(r"[\u4e00-\u9fff]", loops.header(head, "Subject")) else "en"
     limit = desk.config.email.smtp_intake.max_message_bytes
-    subject, body = render("refused", language, {"problem": problem, "policy_name": desk.policy.name, "size_limit": limit})
-    outbox.enqueue(db, case_id=None, channel="email", recipient=sender, kind="notice", template="refused", language=language, subject=subject, body=body, now=now, headers={"Message-ID": make_msgid(domain=desk.mail_domain), "From": split_plus(desk.addresses.refunds)[0]})
+    subject, body = render(
+        "refused", language, {"problem": problem, "policy_name": desk.policy.name, "size_limit": limit}
+    )
+    outbox.enqueue(
+        db,
+        case_id=None,
+        channel="email",
+        recipient=sender,
+        kind="notice",
+        template="refused",
+        language=language,
+        subject=subject,
+        body=body,
+        now=now,
+        headers={"Message-ID": make_msgid(domain=desk.mail_domain), "From": split_plus(desk.addresses.refunds)[0]},
+    )
 
 
 def head_of(row: dict[str, Any]) -> email.message.Message:

@@ -5,13 +5,15 @@ is pure (cases with the time of their last inbound message in, cases to remind o
 is one transaction per case: the outbox row and the `reminded` mark commit together, so a
 reminder is never sent twice and never lost.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 import sqlite_utils
 
@@ -31,7 +33,13 @@ DEADLINE_WITHIN = timedelta(days=2)
 CHECK_EVERY_SECONDS = 300
 
 
-def needs_reminder(case: Case, last_inbound_at: datetime | None, now: datetime, quiet_for: timedelta = QUIET_FOR, within: timedelta = DEADLINE_WITHIN) -> bool:
+def needs_reminder(
+    case: Case,
+    last_inbound_at: datetime | None,
+    now: datetime,
+    quiet_for: timedelta = QUIET_FOR,
+    within: timedelta = DEADLINE_WITHIN,
+) -> bool:
     if case.status != "collecting" or case.dialog.get("reminded"):
         return False
     if case.deadline_at is None or not (now < case.deadline_at <= now + within):
@@ -40,12 +48,19 @@ def needs_reminder(case: Case, last_inbound_at: datetime | None, now: datetime, 
     return last is not None and now - last >= quiet_for
 
 
-def due_reminders(cases: Iterable[tuple[Case, datetime | None]], now: datetime, quiet_for: timedelta = QUIET_FOR, within: timedelta = DEADLINE_WITHIN) -> list[Case]:
+def due_reminders(
+    cases: Iterable[tuple[Case, datetime | None]],
+    now: datetime,
+    quiet_for: timedelta = QUIET_FOR,
+    within: timedelta = DEADLINE_WITHIN,
+) -> list[Case]:
     """The collecting cases whose customer went quiet while their deadline draws near."""
     return [case for case, last in cases if needs_reminder(case, last, now, quiet_for, within)]
 
 
-def collecting_cases(db: sqlite_utils.Database, now: datetime, within: timedelta = DEADLINE_WITHIN) -> list[tuple[Case, datetime | None]]:
+def collecting_cases(
+    db: sqlite_utils.Database, now: datetime, within: timedelta = DEADLINE_WITHIN
+) -> list[tuple[Case, datetime | None]]:
     """The collecting cases whose deadline falls in (now, now + within], with the time of their
     last inbound message: only those can need a reminder (needs_reminder decides). Reading
     every collecting case each pass held serve's interpreter ~90 ms on a store of 1,000,000
@@ -96,7 +111,9 @@ def reminder_context(desk: Desk, db: sqlite_utils.Database, case: Case) -> dict[
     }
 
 
-async def watch(desk: Desk, stopping: threading.Event, outbound: threading.Event, every: float = CHECK_EVERY_SECONDS) -> None:
+async def watch(
+    desk: Desk, stopping: threading.Event, outbound: threading.Event, every: float = CHECK_EVERY_SECONDS
+) -> None:
     """The service's periodic task: look for due reminders, and ring the senders if any."""
     db = desk.open_db()
     try:

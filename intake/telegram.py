@@ -10,6 +10,7 @@ What the desk cannot read is told apart here, for the adapter and the reader ali
 adapter keeps such an update as a dead letter and goes on; it never reaches the dialog, where a
 message from "tg:None" once opened one case for every such update.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ from refunddesk.policy.model import Attachment, InboundMessage
 
 COMMANDS = ("start", "help", "refund", "appeal", "status", "cancel")
 # What a button may ask for; anything else in callback data (old bots, forged clients) is text.
-BUTTON_COMMAND = re.compile(r"^(?:start|help|refund|appeal|status|cancel|done_evidence|confirm|edit:[a-z_]{1,40}|choose:[a-z_]{1,40}:[a-z0-9_]{1,40})$")
+BUTTON_COMMAND = re.compile(
+    r"^(?:start|help|refund|appeal|status|cancel|done_evidence|confirm|edit:[a-z_]{1,40}|choose:[a-z_]{1,40}:[a-z0-9_]{1,40})$"
+)
 CASE_REF = re.compile(r"\b(RF|AP)-?(\d{1,9})\b", re.IGNORECASE)
 READ_KINDS = ("message", "callback_query")  # what the bot asks Telegram for (allowed_updates)
 
@@ -126,8 +129,11 @@ def parse_update(raw: bytes | str, meta: dict[str, Any], received_at: datetime) 
         command=command,
         display_name=display_name(user),
         case_ref=case_ref_in(text),
-        meta={"refused_files": list(meta.get("refused_files", ())), "lost_files": list(meta.get("lost_files", ())),
-              "telegram_message_id": message_id},
+        meta={
+            "refused_files": list(meta.get("refused_files", ())),
+            "lost_files": list(meta.get("lost_files", ())),
+            "telegram_message_id": message_id,
+        },
     )
     return Parsed(inbound, dedup_key=f"tg:{update_id}", message_id="")
 
@@ -151,7 +157,9 @@ def read_command(message: dict[str, Any]) -> tuple[str | None, str]:
 def attachments_of(meta: dict[str, Any]) -> list[Attachment]:
     # data=None: the adapter already wrote the blob; the pipeline records it by its sha256.
     return [
-        Attachment(f["filename"], f.get("content_type") or "application/octet-stream", int(f["size"]), f["sha256"], None)
+        Attachment(
+            f["filename"], f.get("content_type") or "application/octet-stream", int(f["size"]), f["sha256"], None
+        )
         for f in meta.get("files", ())
     ]
 

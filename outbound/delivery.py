@@ -5,6 +5,7 @@ A sender raises `TemporaryFailure` to be retried with back-off (relay down, floo
 after the transport accepted the message; `mark_sent` is conditional, so two runners never
 both record one message, and the acknowledgement time is set once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -119,7 +120,9 @@ async def deliver_due(db: sqlite_utils.Database, sender: Sender, now: datetime |
     return count
 
 
-async def deliver_one(db: sqlite_utils.Database, sender: Sender, row: dict[str, Any], window: Window) -> datetime | None:
+async def deliver_one(
+    db: sqlite_utils.Database, sender: Sender, row: dict[str, Any], window: Window
+) -> datetime | None:
     """Hand one row to its sender; the moment it was accepted, or None (the failure is recorded)."""
     try:
         await sender.deliver(row)
@@ -136,7 +139,14 @@ async def deliver_one(db: sqlite_utils.Database, sender: Sender, row: dict[str, 
         log.error("outbox %s to %s: permanent failure: %s", row["id"], sender.channel, exc)
         with transaction(db):
             outbox.mark_failed(db, row["id"], utcnow(), str(exc), permanent=True)
-            events.record(db, row["case_id"], "system", "delivery_failed", utcnow(), {"outbox": row["id"], "error": str(exc)[:300]})
+            events.record(
+                db,
+                row["case_id"],
+                "system",
+                "delivery_failed",
+                utcnow(),
+                {"outbox": row["id"], "error": str(exc)[:300]},
+            )
         return None
     except Exception as exc:  # a sender bug must not stop the other messages
         window.failed()
@@ -175,4 +185,11 @@ def record_delivery(db: sqlite_utils.Database, row: dict[str, Any], now: datetim
         if row["case_id"]:
             if row["kind"] == "ack":
                 case_store.mark_acknowledged(db, row["case_id"], now)
-            events.record(db, row["case_id"], "system", "message_sent", now, {"outbox": row["id"], "template": row["template"], "channel": row["channel"]})
+            events.record(
+                db,
+                row["case_id"],
+                "system",
+                "message_sent",
+                now,
+                {"outbox": row["id"], "template": row["template"], "channel": row["channel"]},
+            )

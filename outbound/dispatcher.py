@@ -7,12 +7,13 @@ answers the customers' SMTP clients was also talking to the relay. Next to the w
 sending competes only with processing, and a letter the worker has just written is rung
 for within the process.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from refunddesk.desk import Desk
 from refunddesk.outbound.delivery import Sender, deliver_due

@@ -8,6 +8,7 @@ Failure tiers for delivery.py: a 5xx for the recipient is permanent (retrying ca
 everything else (relay down, 4xx, a timeout, a relay refusing our login) is temporary and
 retried with back-off, because a misconfigured relay must not cost customers their letters.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,10 +27,9 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 
 from refunddesk.config import OutgoingSettings
-from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure
-
 from refunddesk.intake.email.charsets import one_line
 from refunddesk.intake.email.registry import WRITING, WRITING_UTF8
+from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure
 
 if TYPE_CHECKING:
     from refunddesk.desk import Desk
@@ -64,7 +64,11 @@ def compose(row: dict[str, Any], from_address: str, from_name: str = "") -> Emai
     msg = EmailMessage(policy=WRITING_UTF8 if international else WRITING)
     headers = row["headers"]
     sender = address_of(headers.get("From") or from_address)
-    msg["From"] = Address(display_name=one_line(from_name), username=sender.username, domain=sender.domain) if from_name else sender
+    msg["From"] = (
+        Address(display_name=one_line(from_name), username=sender.username, domain=sender.domain)
+        if from_name
+        else sender
+    )
     msg["To"] = address_of(row["recipient"])
     msg["Subject"] = one_line(row["subject"])
     msg["Date"] = formatdate(localtime=False, usegmt=True)
@@ -107,7 +111,7 @@ class EmailSender:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def for_desk(cls, desk: "Desk") -> "EmailSender":
+    def for_desk(cls, desk: Desk) -> EmailSender:
         """The sender `email.outgoing` configures: the relay, or the folder of .eml files."""
         email = desk.config.email
         return cls(email.outgoing, desk.addresses.refunds, email.outgoing.folder, email.from_name)
@@ -120,7 +124,9 @@ class EmailSender:
         try:
             session = await self.session()
             try:
-                await session.smtp.send_message(msg, sender=self.from_address, recipients=[msg["To"].addresses[0].addr_spec])
+                await session.smtp.send_message(
+                    msg, sender=self.from_address, recipients=[msg["To"].addresses[0].addr_spec]
+                )
             except BaseException:
                 session.smtp.close()  # whatever state it is in, it is not reused
                 raise
@@ -142,7 +148,7 @@ class EmailSender:
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TemporaryFailure(f"relay unreachable: {type(exc).__name__}") from exc
 
-    async def session(self) -> "Session":
+    async def session(self) -> Session:
         """An open session for one letter: the freshest idle one that still answers, or a new one."""
         if self.loop is not asyncio.get_running_loop():  # sessions belong to the loop that opened them
             self.forget_sessions()
@@ -160,14 +166,18 @@ class EmailSender:
             except (aiosmtplib.SMTPException, OSError):
                 session.smtp.close()
         smtp = aiosmtplib.SMTP(
-            hostname=self.settings.host, port=self.settings.port, start_tls=self.settings.starttls,
-            username=self.settings.username or None, password=self.settings.password or None,
-            local_hostname=local_hostname(), timeout=SEND_TIMEOUT,
+            hostname=self.settings.host,
+            port=self.settings.port,
+            start_tls=self.settings.starttls,
+            username=self.settings.username or None,
+            password=self.settings.password or None,
+            local_hostname=local_hostname(),
+            timeout=SEND_TIMEOUT,
         )
         await smtp.connect()
         return Session(smtp)
 
-    def put_back(self, session: "Session") -> None:
+    def put_back(self, session: Session) -> None:
         if session.letters >= self.SESSION_LETTERS:
             quitting = asyncio.get_running_loop().create_task(quit_quietly(session.smtp))
             self.quitting.add(quitting)  # held, or the loop may drop the task before it ran

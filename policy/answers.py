@@ -3,13 +3,14 @@
 Problems are returned as short codes ("not_a_number", "in_future", ...) that the templates turn
 into a polite sentence in the customer's language, so the re-asked question says why.
 """
+
 from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 
-from .extract import read_account_id, read_hours, read_money, read_moment, read_percent
+from .extract import read_account_id, read_hours, read_moment, read_money, read_percent
 from .preset import PolicyVersion
 
 MAX_DESCRIPTION = 4000
@@ -63,7 +64,9 @@ def read_answer(
         return ({field: str(value)}, None) if value is not None else ({}, "not_a_duration")
     if kind == "case_ref":
         match = re.search(r"\b(RF|AP)-?(\d{1,9})\b", text, re.IGNORECASE)
-        return ({field: f"{match.group(1).upper()}-{int(match.group(2)):06d}"}, None) if match else ({}, "not_a_case_id")
+        return (
+            ({field: f"{match.group(1).upper()}-{int(match.group(2)):06d}"}, None) if match else ({}, "not_a_case_id")
+        )
     if field == "account_id":
         account = read_account_id(text, answer=True)
         return ({field: account}, None) if account else ({}, "not_an_account")
@@ -89,7 +92,11 @@ def guess_choice(field: str, text: str, version: PolicyVersion) -> str | None:
     """A choice named unambiguously by keywords; None when nothing or several compete."""
     lowered = text.lower()
     spec = version.field(field)
-    named = [code for code in (version.choices_for(spec) if spec else ()) if re.search(rf"(?<![a-z_]){re.escape(code)}(?![a-z_])", lowered) and "_" in code]
+    named = [
+        code
+        for code in (version.choices_for(spec) if spec else ())
+        if re.search(rf"(?<![a-z_]){re.escape(code)}(?![a-z_])", lowered) and "_" in code
+    ]
     if len(named) == 1:
         return named[0]
     if field == "reason":

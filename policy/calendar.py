@@ -17,6 +17,7 @@ schedule, so the caller can record a warning next to a deadline computed from an
 
 Pure: no clock, no network; only `from_override_file` reads the disk.
 """
+
 from __future__ import annotations
 
 import re
@@ -70,9 +71,7 @@ class WorkingCalendar:
         if self.country != "CN" and self.country not in _holidays_library().registry.EntityLoader.get_country_codes():
             raise ValueError(f"no holiday data for country {country!r}")
         self._extra_holidays = frozenset(_as_date(day, "extra_holidays") for day in extra_holidays)
-        self._extra_working_days = frozenset(
-            _as_date(day, "extra_working_days") for day in extra_working_days
-        )
+        self._extra_working_days = frozenset(_as_date(day, "extra_working_days") for day in extra_working_days)
         _reject_conflicts(self._extra_holidays, self._extra_working_days, where="")
         self._schedules: dict[int, _YearSchedule] = {}
 
@@ -88,19 +87,13 @@ class WorkingCalendar:
         # A misspelt key would otherwise silently drop the operator's dates.
         unknown = sorted(set(content) - set(_OVERRIDE_KEYS))
         if unknown:
-            raise ValueError(
-                f"{path}: unknown key(s) {', '.join(unknown)}; expected holidays and working_days"
-            )
+            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; expected holidays and working_days")
         parsed: dict[str, list[date]] = {}
         for key in _OVERRIDE_KEYS:
             entries = content.get(key, [])
             if not isinstance(entries, list):
-                raise ValueError(
-                    f'{path}: {key} must be a list of dates like ["2027-01-01"], got {entries!r}'
-                )
-            parsed[key] = [
-                _as_date(entry, f"{path}: {key}[{index}]") for index, entry in enumerate(entries)
-            ]
+                raise ValueError(f'{path}: {key} must be a list of dates like ["2027-01-01"], got {entries!r}')
+            parsed[key] = [_as_date(entry, f"{path}: {key}[{index}]") for index, entry in enumerate(entries)]
         _reject_conflicts(set(parsed["holidays"]), set(parsed["working_days"]), where=f"{path}: ")
         return cls(
             country,

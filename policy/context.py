@@ -1,8 +1,9 @@
 """What the pure core may know beyond the case itself, gathered by the caller before a step."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from .calendar import WorkingCalendar
 from .model import Case

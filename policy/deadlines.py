@@ -4,6 +4,7 @@ Customer-facing deadlines end at the close of their last day (23:59:59 local tim
 "within 7 working days" is read by people as "up to and including the seventh day".
 Review due dates keep the time of day of the moment they count from, as helpdesk SLAs do.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@ same fields with the same readers, so a rule is written once.
 
 Nothing here reads the clock, the disk or the network: `now` and `ctx` come from the caller.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,12 +17,12 @@ from typing import Any
 
 from . import answers
 from .context import Context
-from .model import DECIDED_STATUSES, OPEN_STATUSES, Case, Finding, InboundMessage, Reply, StepResult, read_choices
-from .preset import PolicyVersion
-from .rules import deadlines_of, evaluate, missing_items
 from .deadlines import review_due
 from .extract import detect_language, read_all, read_labelled
 from .form import read_form
+from .model import DECIDED_STATUSES, OPEN_STATUSES, Case, Finding, InboundMessage, Reply, StepResult, read_choices
+from .preset import PolicyVersion
+from .rules import deadlines_of, evaluate, missing_items
 from .text import READ_LIMIT
 
 CHAT_CHANNELS = ("telegram",)
@@ -91,7 +92,9 @@ def new_case(case_id: str, inbound: InboundMessage, now: datetime, kind: str | N
     )
 
 
-def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context, reading: Reading | None = None) -> StepResult:
+def step(
+    case: Case, inbound: InboundMessage, now: datetime, ctx: Context, reading: Reading | None = None
+) -> StepResult:
     """`reading` is read(inbound, now, policy timezone), when the caller made it already."""
     if len(inbound.text or "") > READ_LIMIT:  # the dialog reads no further than the readers do
         inbound = replace(inbound, text=inbound.text[:READ_LIMIT])
@@ -129,7 +132,12 @@ def step(case: Case, inbound: InboundMessage, now: datetime, ctx: Context, readi
             # The review clock restarts when the customer answers: the wait was on them, not us.
             case = replace(_complete(case, now, ctx, version), completed_at=case.completed_at or now)
             events.append(("customer_answered", {}))
-            return StepResult(case, findings, (Reply("resumed", _letter(case, version, ctx, now, missing, invalid), "notice"),), tuple(events))
+            return StepResult(
+                case,
+                findings,
+                (Reply("resumed", _letter(case, version, ctx, now, missing, invalid), "notice"),),
+                tuple(events),
+            )
         return StepResult(case, findings, (), tuple(events))
 
     if case.status == "queued":
@@ -195,7 +203,11 @@ def _absorb(
         if ref:
             updates["parent_ref"] = ref
 
-    if _tells_the_story(case, asking, inbound, version) and not case.fields.get("description") and "description" not in updates:
+    if (
+        _tells_the_story(case, asking, inbound, version)
+        and not case.fields.get("description")
+        and "description" not in updates
+    ):
         description = answers.describe(text)
         if description:
             updates["description"] = description
@@ -235,7 +247,9 @@ def _tells_the_story(case: Case, asking: str | None, inbound: InboundMessage, ve
         return False
     if answers.exact_choice("reason", text, version):
         return False
-    return len(text) >= STORY_MIN_LATIN or (len(text) >= STORY_MIN_CJK and re.search(r"[\u4e00-\u9fff]", text) is not None)
+    return len(text) >= STORY_MIN_LATIN or (
+        len(text) >= STORY_MIN_CJK and re.search(r"[\u4e00-\u9fff]", text) is not None
+    )
 
 
 def _is_labelled(name: str, labelled: frozenset[str]) -> bool:
@@ -276,7 +290,9 @@ def _first_deadline(case: Case, version: PolicyVersion, ctx: Context) -> datetim
 def _complete(case: Case, now: datetime, ctx: Context, version: PolicyVersion) -> Case:
     review = version.review.get(case.kind) or version.review["refund"]
     due = review_due(ctx.calendar, ctx.policy.timezone, now, int(review["length"]), review["unit"])
-    return replace(case, status="queued", completed_at=now, review_due_at=due.at, dialog={**case.dialog, "asking": None})
+    return replace(
+        case, status="queued", completed_at=now, review_due_at=due.at, dialog={**case.dialog, "asking": None}
+    )
 
 
 def _letter_turn(case, now, ctx, version, missing, invalid, events, first_turn) -> StepResult:
@@ -313,7 +329,12 @@ def _chat_turn(case, inbound, now, ctx, version, missing, invalid, events) -> St
     if inbound.attachments and asking == "evidence" and "evidence" not in missing and not dialog.get("evidence_done"):
         case = replace(case, dialog=dialog)
         context = _letter(case, version, ctx, now, missing, invalid)
-        return StepResult(case, case.findings, (Reply("evidence_received", context, "dialog", (("done", "done_evidence"),)),), tuple(events))
+        return StepResult(
+            case,
+            case.findings,
+            (Reply("evidence_received", context, "dialog", (("done", "done_evidence"),)),),
+            tuple(events),
+        )
 
     pending = [m for m in missing]
     if not pending and not dialog.get("evidence_done") and version.evidence_required(case.kind):
@@ -322,24 +343,32 @@ def _chat_turn(case, inbound, now, ctx, version, missing, invalid, events) -> St
         target = pending[0]
         dialog["asking"] = target
         case = replace(case, dialog=dialog)
-        return StepResult(case, case.findings, (_question(case, version, target, invalid.get(target), ctx, now),), tuple(events))
+        return StepResult(
+            case, case.findings, (_question(case, version, target, invalid.get(target), ctx, now),), tuple(events)
+        )
 
     if asking == "confirm" and (command == "confirm" or _said(inbound.text, CONFIRM_WORDS)):
         case = _complete(replace(case, dialog=dialog), now, ctx, version)
         events.append(("completed", {}))
-        return StepResult(case, case.findings, (Reply("queued", _letter(case, version, ctx, now), "ack"),), tuple(events))
+        return StepResult(
+            case, case.findings, (Reply("queued", _letter(case, version, ctx, now), "ack"),), tuple(events)
+        )
 
     dialog["asking"] = "confirm"
     case = replace(case, dialog=dialog)
     buttons = (("confirm", "confirm"),) + tuple((f"edit {name}", f"edit:{name}") for name in _editable(case, version))
-    return StepResult(case, case.findings, (Reply("summary", _letter(case, version, ctx, now), "dialog", buttons),), tuple(events))
+    return StepResult(
+        case, case.findings, (Reply("summary", _letter(case, version, ctx, now), "dialog", buttons),), tuple(events)
+    )
 
 
 def _editable(case: Case, version: PolicyVersion) -> list[str]:
     return [spec.name for spec in version.fields_for(case.kind, case.fields.get("reason"))]
 
 
-def _question(case: Case, version: PolicyVersion, field_name: str, problem: str | None, ctx: Context, now: datetime) -> Reply:
+def _question(
+    case: Case, version: PolicyVersion, field_name: str, problem: str | None, ctx: Context, now: datetime
+) -> Reply:
     context = _letter(case, version, ctx, now)
     context.update({"field": field_name, "problem": problem})
     spec = version.field(field_name)
@@ -355,7 +384,9 @@ def _cancel(case: Case, version: PolicyVersion, ctx: Context, now: datetime) -> 
     if case.status not in OPEN_STATUSES:
         return StepResult(case, case.findings, (Reply("closed", _letter(case, version, ctx, now), "notice"),), ())
     case = replace(case, status="withdrawn", dialog={**case.dialog, "asking": None})
-    return StepResult(case, case.findings, (Reply("cancelled", _letter(case, version, ctx, now), "notice"),), (("withdrawn", {}),))
+    return StepResult(
+        case, case.findings, (Reply("cancelled", _letter(case, version, ctx, now), "notice"),), (("withdrawn", {}),)
+    )
 
 
 def _said(text: str, words: tuple[str, ...]) -> bool:
@@ -401,7 +432,11 @@ def _letter(
         "review_due": case.review_due_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if case.review_due_at else None,
         "review_days": review["length"],
         "review_clause": review.get("clause", ""),
-        "notices": [f.to_dict() for f in case.findings if f.code not in ("missing_field", "missing_evidence") and _customer_visible(f)],
+        "notices": [
+            f.to_dict()
+            for f in case.findings
+            if f.code not in ("missing_field", "missing_evidence") and _customer_visible(f)
+        ],
         "timezone": str(tz),
         "today": now.astimezone(tz).date().isoformat(),
     }

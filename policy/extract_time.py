@@ -7,6 +7,7 @@ be part of a date. Date phrases ("yesterday", "11月20日", "Nov 20, 2026") and 
 it, and each pair is resolved against `now` in the policy's time zone. Choosing between
 several moments is left to `choose_moment`, which prefers asking to guessing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,32 +64,114 @@ class _Clock:
 
 D = "[0-9]"
 CN_NUM = "[零〇一二两三四五六七八九十]"
-_CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5,
-              "六": 6, "七": 7, "八": 8, "九": 9}
+_CN_DIGITS = {
+    "零": 0,
+    "〇": 0,
+    "一": 1,
+    "二": 2,
+    "两": 2,
+    "三": 3,
+    "四": 4,
+    "五": 5,
+    "六": 6,
+    "七": 7,
+    "八": 8,
+    "九": 9,
+}
 _CN_UNITS = {"十": 10, "百": 100, "千": 1000}
-_EN_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-               "seven": 7, "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "couple of": 2}
+_EN_NUMBERS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "a couple of": 2,
+    "couple of": 2,
+}
 _PARTS = {
-    "morning": "morning", "上午": "morning", "早上": "morning", "早晨": "morning",
-    "清晨": "morning", "am": "am", "a.m.": "am", "凌晨": "small-hours", "半夜": "small-hours",
-    "深夜": "late", "夜里": "late", "夜间": "late", "noon": "noon", "中午": "noon",
-    "afternoon": "afternoon", "下午": "afternoon", "pm": "pm", "p.m.": "pm",
-    "evening": "evening", "night": "evening", "晚上": "evening", "傍晚": "evening", "晚": "evening",
+    "morning": "morning",
+    "上午": "morning",
+    "早上": "morning",
+    "早晨": "morning",
+    "清晨": "morning",
+    "am": "am",
+    "a.m.": "am",
+    "凌晨": "small-hours",
+    "半夜": "small-hours",
+    "深夜": "late",
+    "夜里": "late",
+    "夜间": "late",
+    "noon": "noon",
+    "中午": "noon",
+    "afternoon": "afternoon",
+    "下午": "afternoon",
+    "pm": "pm",
+    "p.m.": "pm",
+    "evening": "evening",
+    "night": "evening",
+    "晚上": "evening",
+    "傍晚": "evening",
+    "晚": "evening",
 }
 _WEEKDAYS_EN = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_WEEKDAYS_ZH = {"一": 0, "二": 1, "三": 2, "四": 3, "五": 4, "六": 5, "日": 6, "天": 6, "7": 6,
-                "1": 0, "2": 1, "3": 2, "4": 3, "5": 4, "6": 5}
-_MONTHS = (r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
-           r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?")
+_WEEKDAYS_ZH = {
+    "一": 0,
+    "二": 1,
+    "三": 2,
+    "四": 3,
+    "五": 4,
+    "六": 5,
+    "日": 6,
+    "天": 6,
+    "7": 6,
+    "1": 0,
+    "2": 1,
+    "3": 2,
+    "4": 3,
+    "5": 4,
+    "6": 5,
+}
+_MONTHS = (
+    r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
+)
 _RELATIVE_DAYS = {  # word -> (days back, part of day)
-    "today": (0, None), "earlier today": (0, None), "this morning": (0, "morning"),
-    "this afternoon": (0, "afternoon"), "this evening": (0, "evening"), "tonight": (0, "evening"),
-    "yesterday": (1, None), "yday": (1, None), "yest": (1, None), "last night": (1, "evening"), "the day before yesterday": (2, None),
-    "day before yesterday": (2, None), "tomorrow": (-1, None),
-    "今天": (0, None), "今日": (0, None), "今儿": (0, None), "今早": (0, "morning"),
-    "今晨": (0, "morning"), "今晚": (0, "evening"), "昨天": (1, None), "昨日": (1, None),
-    "昨儿": (1, None), "昨晚": (1, "evening"), "昨夜": (1, "evening"), "前天": (2, None),
-    "前晚": (2, "evening"), "大前天": (3, None), "明天": (-1, None), "明晚": (-1, "evening"),
+    "today": (0, None),
+    "earlier today": (0, None),
+    "this morning": (0, "morning"),
+    "this afternoon": (0, "afternoon"),
+    "this evening": (0, "evening"),
+    "tonight": (0, "evening"),
+    "yesterday": (1, None),
+    "yday": (1, None),
+    "yest": (1, None),
+    "last night": (1, "evening"),
+    "the day before yesterday": (2, None),
+    "day before yesterday": (2, None),
+    "tomorrow": (-1, None),
+    "今天": (0, None),
+    "今日": (0, None),
+    "今儿": (0, None),
+    "今早": (0, "morning"),
+    "今晨": (0, "morning"),
+    "今晚": (0, "evening"),
+    "昨天": (1, None),
+    "昨日": (1, None),
+    "昨儿": (1, None),
+    "昨晚": (1, "evening"),
+    "昨夜": (1, "evening"),
+    "前天": (2, None),
+    "前晚": (2, "evening"),
+    "大前天": (3, None),
+    "明天": (-1, None),
+    "明晚": (-1, "evening"),
     "后天": (-2, None),
 }  # future days are read too, so that "tomorrow 9am" is rejected, not taken as today 9:00
 
@@ -125,9 +208,12 @@ def _number(text: str) -> int | None:
 
 _ISO_TIMESTAMP = re.compile(
     rf"(?<!{D})(20{D}{{2}}-{D}{{2}}-{D}{{2}})T({D}{{2}}:{D}{{2}}(?::{D}{{2}})?)(?:\.{D}+)?"
-    rf"(Z|[+-]{D}{{2}}:?{D}{{2}})?")
-_YMD = re.compile(rf"(?<!{D})((?:19|20){D}{{2}})\s*[-/.年]\s*({D}{{1,2}})\s*[-/.月]\s*({D}{{1,2}})"
-                  rf"(?:\s*[日号])?(?!{D})")
+    rf"(Z|[+-]{D}{{2}}:?{D}{{2}})?"
+)
+_YMD = re.compile(
+    rf"(?<!{D})((?:19|20){D}{{2}})\s*[-/.年]\s*({D}{{1,2}})\s*[-/.月]\s*({D}{{1,2}})"
+    rf"(?:\s*[日号])?(?!{D})"
+)
 _DMY = re.compile(rf"(?<![0-9/.])({D}{{1,2}})([/.])({D}{{1,2}})\2((?:19|20)?{D}{{2}})(?![0-9/]|\.[0-9])")
 _MD_ZH = re.compile(rf"(?<!{D})({D}{{1,2}}|{CN_NUM}{{1,3}})\s*月\s*({D}{{1,2}}|{CN_NUM}{{1,3}})\s*[日号]")
 _MD_SLASH = re.compile(rf"(?<![0-9/.:-])({D}{{1,2}})[/-]({D}{{1,2}})(?![0-9/%-])")
@@ -136,28 +222,35 @@ _MONTH_NAME = re.compile(
     # within a line: in a pasted table "¥99\nJune 5" is an amount at one row's end, no "99 June"
     rf"(?:{D}{{1,2}}(?:st|nd|rd|th)?[ \t]{{1,3}}(?:of[ \t]{{1,3}})?(?:{_MONTHS})\b\.?"
     rf"|(?:{_MONTHS})\b\.?[ \t]{{1,3}}{D}{{1,2}}(?:st|nd|rd|th)?\b)(?:,?[ \t]{{1,3}}((?:19|20){D}{{2}})\b)?",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _ORDINAL_DAY = re.compile(  # "the 3rd time" is no date: only after a date preposition
     rf"\b(?:on|since|from|dated|until|till|before|after|by)\s+the\s+({D}{{1,2}})(?:st|nd|rd|th)\b(?!\s{{1,3}}of\s)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _DAY_ZH = re.compile(rf"(?<![0-9月])({D}{{1,2}})\s*号(?!码)")
 _DAY_OF_MONTH_ZH = re.compile(rf"(本月|这个月|上个?月)\s*({D}{{1,2}})\s*[日号]")
 _RELATIVE = re.compile(
     r"\b(?:the\s+)?day before yesterday\b|\byesterday(?:\s+(?:morning|afternoon|evening|night))?\b|\by(?:est|day)\b"
     r"|\bthis\s+(?:morning|afternoon|evening)\b|\btonight\b|\blast night\b|\b(?:earlier\s+)?today\b"
     r"|\btomorrow\b|大前天|前天|前晚|昨天|昨日|昨儿|昨晚|昨夜|今天|今日|今儿|今早|今晨|今晚|明天|明晚|(?<!以)后天",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _WEEKDAY_EN = re.compile(
     rf"\b(?:(last|this|past|next)\s+)?({'|'.join(_WEEKDAYS_EN)})(?:\s+(morning|afternoon|evening|night))?\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # The prefix is optional, so the pattern may start only at a prefix, at 个 or at the week word:
 # a leading "\s*" would let it start anywhere in a run of spaces (cubic on a blank mail).
-_WEEKDAY_ZH = re.compile(r"(?:(上上|上|这|本|下下|下)\s{0,3}个?\s{0,3}|个\s{0,3})?(?:周|星期|礼拜)\s{0,3}([一二三四五六日天1-7])(?![0-9])")
+_WEEKDAY_ZH = re.compile(
+    r"(?:(上上|上|这|本|下下|下)\s{0,3}个?\s{0,3}|个\s{0,3})?(?:周|星期|礼拜)\s{0,3}([一二三四五六日天1-7])(?![0-9])"
+)
 _AGO = re.compile(
     rf"(?:\b({D}{{1,3}}|an?|one|two|three|four|five|six|seven|eight|nine|ten|(?:a )?couple of)\s+"
     r"(minute|min|hour|hr|day|week)s?\s+ago\b"
     rf"|({D}{{1,3}}|{CN_NUM}{{1,3}}|半)\s*个?\s*(分钟|小时|钟头|天|日|星期|周|礼拜)\s*(?:之|以)?前)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _JUST_NOW = re.compile(r"\bjust now\b|刚刚|刚才", re.IGNORECASE)
 
 _CLOCK_EN = re.compile(
@@ -165,53 +258,75 @@ _CLOCK_EN = re.compile(
     r"\s*(am|pm|a\.m\.|p\.m\.)?(?![a-z])"
     rf"(?:\s*(?:(?P<utc>UTC|GMT|Z\b)\s*(?P<utc_off>[+-]\s*{D}{{1,2}}(?::?{D}{{2}})?)?"
     rf"|(?P<off>\+{D}{{2}}:?{D}{{2}})|\(?(?P<beijing>北京时间|Beijing time|China time|CST)\)?))?",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _CLOCK_ZH = re.compile(  # "昨晚" is a date phrase: its "晚" must not start a clock time
     r"(?:(?P<part>凌晨|早上|早晨|清晨|上午|中午|下午|傍晚|晚上|夜里|夜间|半夜|深夜|(?<![昨今前傍])晚)\s{0,3})?"
     rf"(?P<hour>{D}{{1,2}}|{CN_NUM}{{1,3}})\s{{0,3}}[点點时]"
     rf"(?:\s{{0,3}}(?P<minute>{D}{{1,2}}|{CN_NUM}{{1,3}})\s{{0,3}}分|(?P<minute2>{D}{{2}})(?![0-9]|\s{{0,3}}[元块%])"
-    r"|\s{0,3}(?P<half>半)|\s{0,3}(?P<quarter>一刻|三刻))?")
+    r"|\s{0,3}(?P<half>半)|\s{0,3}(?P<quarter>一刻|三刻))?"
+)
 _CLOCK_WORD = re.compile(r"\b(noon|midnight)\b", re.IGNORECASE)
-_CLOCK_EN_PHRASE = re.compile(rf"(?<![0-9:.])({D}{{1,2}})(?:[:.]({D}{{2}}))?\s{{1,3}}(?:o'?clock\s{{1,3}})?"
-                              r"(?:in the (morning|afternoon|evening)|at (night))\b", re.IGNORECASE)
+_CLOCK_EN_PHRASE = re.compile(
+    rf"(?<![0-9:.])({D}{{1,2}})(?:[:.]({D}{{2}}))?\s{{1,3}}(?:o'?clock\s{{1,3}})?"
+    r"(?:in the (morning|afternoon|evening)|at (night))\b",
+    re.IGNORECASE,
+)
 # "afternoon 3 o'clock" (a Chinese word order in English), "morning 9:15"
-_CLOCK_PART_FIRST = re.compile(rf"\b(morning|afternoon|evening|night)\s{{1,3}}({D}{{1,2}})(?:[:.]({D}{{2}}))?"
-                               r"\s{0,3}o'?clock\b", re.IGNORECASE)
+_CLOCK_PART_FIRST = re.compile(
+    rf"\b(morning|afternoon|evening|night)\s{{1,3}}({D}{{1,2}})(?:[:.]({D}{{2}}))?"
+    r"\s{0,3}o'?clock\b",
+    re.IGNORECASE,
+)
 # "this morning at 9", "yesterday evening around 9": kept only beside a phrase with a part of day
-_CLOCK_BARE = re.compile(rf"\b(?:at|around|about)\s{{1,3}}({D}{{1,2}})(?![0-9:a-z]|[.,][0-9]|\s{{0,2}}(?:[ap]\.?m\b|%|"
-                         r"percent|hours?|hrs?|minutes?|mins?|days?|times?|calls?|requests?|gb|tokens?|"
-                         r"dollars?|bucks|euros?|usd|eur|rmb|cny|元|块|美元)\b)", re.IGNORECASE)
+_CLOCK_BARE = re.compile(
+    rf"\b(?:at|around|about)\s{{1,3}}({D}{{1,2}})(?![0-9:a-z]|[.,][0-9]|\s{{0,2}}(?:[ap]\.?m\b|%|"
+    r"percent|hours?|hrs?|minutes?|mins?|days?|times?|calls?|requests?|gb|tokens?|"
+    r"dollars?|bucks|euros?|usd|eur|rmb|cny|元|块|美元)\b)",
+    re.IGNORECASE,
+)
 
 # "北京时间 10月8日下午3点", "Beijing time: Oct 8, 3pm": the zone named before the date holds for its clock
 _BEIJING_BEFORE = re.compile(r"(?:北京时间|Beijing time|China time)\s{0,2}[:：]?\s{0,2}$", re.IGNORECASE)
 
 # Words allowed between a date and its time: "yesterday at around 3pm", "11月20日晚上8点".
-_PAIR_GAP = re.compile(r"[\s,，(（]*(?:(?:at|on|around|about|approx\.?|approximately|roughly|~|from|since|"
-                       r"in the|的|左右|大概|大约|约|于|在|具体时间|时间|为|"
-                       # "Dec 28 night 11pm": a part of the day between the date and its clock
-                       r"(?:in the |at )?(?:morning|afternoon|evening|night))[\s,，]*)*", re.IGNORECASE)
+_PAIR_GAP = re.compile(
+    r"[\s,，(（]*(?:(?:at|on|around|about|approx\.?|approximately|roughly|~|from|since|"
+    r"in the|的|左右|大概|大约|约|于|在|具体时间|时间|为|"
+    # "Dec 28 night 11pm": a part of the day between the date and its clock
+    r"(?:in the |at )?(?:morning|afternoon|evening|night))[\s,，]*)*",
+    re.IGNORECASE,
+)
 _RANGE_GAP = re.compile(r"\s*(?:-|–|—|~|to|until|till|through|and|到|至|－)\s*", re.IGNORECASE)
 _RANGE_OPENER = re.compile(r"(?:between|from|从)\s*$", re.IGNORECASE)
 _SENTENCE_BREAK = re.compile(r"[。！？；!?;\n]|\.(?=\s|$)")
 _CLAUSE_BREAK = re.compile(r"[,，]|\b(?:and|but)\b|但是?|并且|然后", re.IGNORECASE)
 _PURCHASE_BEFORE = re.compile(
     r"\b(?:bought|buy|purchased?|purchasing|subscribed|ordered|signed up)\b"
-    r"|购买|买的|买了|订阅|开通|下单|注册", re.IGNORECASE)
+    r"|购买|买的|买了|订阅|开通|下单|注册",
+    re.IGNORECASE,
+)
 # "downgraded to the free plan on 2026-11-01": a change of plan, not the charge
-_OTHER_VERB = re.compile(r"\b(?:registered|downgraded|upgraded|switched|signed up|cancell?ed|turned off|disabled)\b"
-                         r"|注册|取消|降级|关闭|关掉"
-                         r"|\binvoice\b[^,.;\n]{0,30}\bdated\b", re.IGNORECASE)
+_OTHER_VERB = re.compile(
+    r"\b(?:registered|downgraded|upgraded|switched|signed up|cancell?ed|turned off|disabled)\b"
+    r"|注册|取消|降级|关闭|关掉"
+    r"|\binvoice\b[^,.;\n]{0,30}\bdated\b",
+    re.IGNORECASE,
+)
 # "十一月三十号已经扣过一次年费了，今天又扣": the earlier charge, not the one complained of
 _EARLIER_CHARGE_AFTER = re.compile(r"^\s{0,3}(?:已经|已)(?:扣|付|交|续)[^，,。！!\n]{0,6}过")
 _CHARGE_AFTER = re.compile(r"^\s{0,3}(?:被|又)?(?:重复|多)?(?:扣款|扣费|扣了|扣除|扣)")
 _PURCHASE_AFTER = re.compile(r"^\s*(?:购买|买的|买了|订阅|开通|下单|注册)")
-_OTHER_BEFORE = re.compile(r"\b(?:applied|submitted|wrote|replied|emailed|sent|forwarding|registered|"
-                           r"(?:mail|message|letter|request) from|ticket|deadline|due|invoice|"
-                           r"downgraded|upgraded|switched|"
-                           r"by|before|until|expires?|renewal|cancell?ed|refund request|application)\b|"
-                           r"截止|之前回复|取消|开票日期|发票日期|开票|账单日"
-                           # "The charge was Nov 14, not Nov 12": the date corrected away
-                           r"|\bnot\s{1,3}(?:on\s{1,3})?(?:the\s{1,3})?$|不是\s{0,2}$", re.IGNORECASE)
+_OTHER_BEFORE = re.compile(
+    r"\b(?:applied|submitted|wrote|replied|emailed|sent|forwarding|registered|"
+    r"(?:mail|message|letter|request) from|ticket|deadline|due|invoice|"
+    r"downgraded|upgraded|switched|"
+    r"by|before|until|expires?|renewal|cancell?ed|refund request|application)\b|"
+    r"截止|之前回复|取消|开票日期|发票日期|开票|账单日"
+    # "The charge was Nov 14, not Nov 12": the date corrected away
+    r"|\bnot\s{1,3}(?:on\s{1,3})?(?:the\s{1,3})?$|不是\s{0,2}$",
+    re.IGNORECASE,
+)
 _OTHER_AFTER = re.compile(r"^\s*(?:的)?\s*(?:已经|已)?\s*(?:退款)?(?:申请|提交|发的|回复|到期|截止|前回复|工单|取消)")
 
 
@@ -222,8 +337,7 @@ _DEMAND_BEFORE = re.compile(r"\b(?:refund(?:ed)?|back|want|need|return(?:ed)?)\b
 _DEMAND_AFTER = re.compile(r"^\s{0,3}(?:就?必须|一定要?|务必|马上|立刻|立即|之内|给我|上班|我?就来|能不能|可以吗)")
 
 
-_FUTURE_CUE = re.compile(r"\b(?:in|next|tomorrow|later|coming)\b|明天|后天|下周|下个|下星期|以后|之后",
-                         re.IGNORECASE)
+_FUTURE_CUE = re.compile(r"\b(?:in|next|tomorrow|later|coming)\b|明天|后天|下周|下个|下星期|以后|之后", re.IGNORECASE)
 
 
 def _tz_localize(naive: datetime, tz: tzinfo) -> datetime:
@@ -274,6 +388,7 @@ def _safe_date(year: int, month: int, day: int) -> date | None:
 
 # Each reader turns one match into a phrase, or None when the date does not exist.
 
+
 def _read_iso_timestamp(m: re.Match, now: datetime, tz: tzinfo) -> _DatePhrase | None:
     stamp = m.group(1) + "T" + m.group(2) + (m.group(3) or "")
     try:
@@ -310,8 +425,11 @@ def _read_month_day_numeric(m: re.Match, now: datetime, tz: tzinfo) -> _DatePhra
 
 
 def _read_month_name(m: re.Match, now: datetime, tz: tzinfo) -> _DatePhrase | None:
-    settings = {"RELATIVE_BASE": now.replace(tzinfo=None), "PREFER_DATES_FROM": "past",
-                "RETURN_AS_TIMEZONE_AWARE": False}
+    settings = {
+        "RELATIVE_BASE": now.replace(tzinfo=None),
+        "PREFER_DATES_FROM": "past",
+        "RETURN_AS_TIMEZONE_AWARE": False,
+    }
     try:
         parsed = dateparser.parse(m.group(0), languages=["en", "zh"], settings=settings)
     except Exception:  # dateparser raises assorted errors on odd input; a miss is a miss
@@ -388,12 +506,20 @@ def _phrase(m: re.Match, day: date | None, **details) -> _DatePhrase | None:
 
 
 _DATE_READERS = (
-    (_ISO_TIMESTAMP, _read_iso_timestamp), (_YMD, _read_ymd), (_DMY, _read_dmy),
-    (_MD_ZH, _read_month_day_zh), (_MD_SLASH, _read_month_day_numeric),
-    (_MONTH_NAME, _read_month_name), (_ORDINAL_DAY, _read_day_of_month),
-    (_DAY_ZH, _read_day_of_month), (_DAY_OF_MONTH_ZH, _read_day_of_named_month_zh),
-    (_RELATIVE, _read_relative_day), (_WEEKDAY_EN, _read_weekday_en),
-    (_WEEKDAY_ZH, _read_weekday_zh), (_AGO, _read_ago), (_JUST_NOW, _read_just_now),
+    (_ISO_TIMESTAMP, _read_iso_timestamp),
+    (_YMD, _read_ymd),
+    (_DMY, _read_dmy),
+    (_MD_ZH, _read_month_day_zh),
+    (_MD_SLASH, _read_month_day_numeric),
+    (_MONTH_NAME, _read_month_name),
+    (_ORDINAL_DAY, _read_day_of_month),
+    (_DAY_ZH, _read_day_of_month),
+    (_DAY_OF_MONTH_ZH, _read_day_of_named_month_zh),
+    (_RELATIVE, _read_relative_day),
+    (_WEEKDAY_EN, _read_weekday_en),
+    (_WEEKDAY_ZH, _read_weekday_zh),
+    (_AGO, _read_ago),
+    (_JUST_NOW, _read_just_now),
 )
 
 
@@ -401,8 +527,13 @@ def _date_phrases(text: str, now: datetime, tz: tzinfo) -> list[_DatePhrase]:
     # _WEEKDAY_ZH may start anywhere and runs \s* over the blanked (masked) stretches of the
     # text, quadratically: half the time of reading a mail. Without its word it cannot match.
     weekday_zh = any(word in text for word in ("周", "星期", "礼拜"))
-    found = [phrase for pattern, read in _DATE_READERS if weekday_zh or pattern is not _WEEKDAY_ZH
-             for m in pattern.finditer(text) if (phrase := read(m, now, tz)) is not None]
+    found = [
+        phrase
+        for pattern, read in _DATE_READERS
+        if weekday_zh or pattern is not _WEEKDAY_ZH
+        for m in pattern.finditer(text)
+        if (phrase := read(m, now, tz)) is not None
+    ]
     return _without_overlaps(found)
 
 
@@ -417,6 +548,7 @@ def _without_overlaps(items: list) -> list:
 
 
 # ---------------------------------------------------------------- clock times
+
 
 def _to_24h(hour: int, part: str | None) -> int | None:
     if part in ("pm", "afternoon", "evening") and hour < 12:
@@ -439,14 +571,13 @@ def _clocks(text: str) -> list[_Clock]:
         hour, minute = _to_24h(int(m.group(1)), part), int(m.group(2) or 0)
         if hour is None or minute > 59 or (part in ("am", "pm") and int(m.group(1)) > 12):
             continue
-        found.append(_Clock(m.start(), m.end(), hour, minute, int(m.group(3) or 0), part,
-                            _utc_offset(m)))
+        found.append(_Clock(m.start(), m.end(), hour, minute, int(m.group(3) or 0), part, _utc_offset(m)))
     for m in _CLOCK_ZH.finditer(text):
         part = _PARTS.get(m.group("part") or "")
         raw_hour = cn_number(m.group("hour"))
         # "一点" also means "a little": a Chinese-numeral hour needs a part of day before it,
         # except "零点" (midnight) when no digit follows ("零点五" is 0.5).
-        midnight = m.group("hour") in ("零", "〇") and not re.match(rf"{D}|{CN_NUM}", text[m.end():m.end() + 1])
+        midnight = m.group("hour") in ("零", "〇") and not re.match(rf"{D}|{CN_NUM}", text[m.end() : m.end() + 1])
         if raw_hour is None or (not part and not m.group("hour").isdigit() and not midnight):
             continue
         minute = _zh_minute(m)
@@ -495,22 +626,28 @@ def _utc_offset(m: re.Match) -> timedelta | None:
 
 # ---------------------------------------------------------------- mentions
 
+
 def find_time_spans(text: str) -> list[tuple[int, int]]:
     """Where dates, clock times and durations sit, so the money reader can skip them.
 
     Needs no `now`: it only locates, it does not resolve."""
     patterns = [pattern for pattern, _ in _DATE_READERS]
     patterns += [_CLOCK_EN, _CLOCK_ZH, _CLOCK_EN_PHRASE, _CLOCK_PART_FIRST, _CLOCK_WORD, _DURATION]
-    return [m.span() for pattern in patterns for m in pattern.finditer(text)
-            if pattern is not _CLOCK_EN or m.group(2) or m.group(4)]
+    return [
+        m.span()
+        for pattern in patterns
+        for m in pattern.finditer(text)
+        if pattern is not _CLOCK_EN or m.group(2) or m.group(4)
+    ]
 
 
 def local_now(now: datetime, tz: tzinfo) -> datetime:
     return now.astimezone(tz) if now.tzinfo else _tz_localize(now, tz)
 
 
-def find_moments(text: str, now: datetime, tz: tzinfo, *, answer: bool = False,
-                 include_future: bool = False) -> list[Mention]:
+def find_moments(
+    text: str, now: datetime, tz: tzinfo, *, answer: bool = False, include_future: bool = False
+) -> list[Mention]:
     """Every moment the text names, resolved, with its role; ranges keep only their start.
 
     Moments more than an hour after `now` are left out unless `include_future`."""
@@ -523,13 +660,16 @@ def _find_moments(text: str, now: datetime, tz: tzinfo, answer: bool, include_fu
     phrases = _date_phrases(text, now, tz)
     clocks = [c for c in _clocks(text) if not any(p.start <= c.start < p.end for p in phrases)]
     pairs = _pair(text, phrases, clocks)
-    pairs = [p for p in pairs if not (p[0] and p[0].weak and not p[1] and not answer
-                                      and not _weak_ok(text, p[0]))]
-    pairs = [(d, c) if not (c and c.bare) or (d and d.part) else (d, None)
-             for d, c in pairs if d or not (c and c.bare)]
+    pairs = [p for p in pairs if not (p[0] and p[0].weak and not p[1] and not answer and not _weak_ok(text, p[0]))]
+    pairs = [(d, c) if not (c and c.bare) or (d and d.part) else (d, None) for d, c in pairs if d or not (c and c.bare)]
     mentions = []
     for phrase, clock in _drop_range_ends(text, pairs):
-        if phrase and clock and clock.offset is None and _BEIJING_BEFORE.search(text[max(0, phrase.start - 8):phrase.start]):
+        if (
+            phrase
+            and clock
+            and clock.offset is None
+            and _BEIJING_BEFORE.search(text[max(0, phrase.start - 8) : phrase.start])
+        ):
             clock = replace(clock, offset=timedelta(hours=8))  # "北京时间2026年10月8日下午3点"
         moment = _resolve(phrase, clock, now, tz)
         if moment is not None:
@@ -540,8 +680,13 @@ def _find_moments(text: str, now: datetime, tz: tzinfo, answer: bool, include_fu
 
 
 def _weak_ok(text: str, phrase: _DatePhrase) -> bool:
-    return bool(re.search(r"(?:\b(?:on|since|from|dated|date|time)|于|在|时间|日期)[\s:：]*$",
-                          text[max(0, phrase.start - 8):phrase.start], re.IGNORECASE))
+    return bool(
+        re.search(
+            r"(?:\b(?:on|since|from|dated|date|time)|于|在|时间|日期)[\s:：]*$",
+            text[max(0, phrase.start - 8) : phrase.start],
+            re.IGNORECASE,
+        )
+    )
 
 
 def _pair(text: str, phrases: list[_DatePhrase], clocks: list[_Clock]):
@@ -551,12 +696,22 @@ def _pair(text: str, phrases: list[_DatePhrase], clocks: list[_Clock]):
     for i, item in enumerate(items):
         if id(item) in used:
             continue
-        if isinstance(item, _DatePhrase) and i + 1 < len(items) and isinstance(items[i + 1], _Clock) \
-                and item.exact is None and _touching(text, item, items[i + 1]):
+        if (
+            isinstance(item, _DatePhrase)
+            and i + 1 < len(items)
+            and isinstance(items[i + 1], _Clock)
+            and item.exact is None
+            and _touching(text, item, items[i + 1])
+        ):
             pairs.append((item, items[i + 1]))
             used.add(id(items[i + 1]))
-        elif isinstance(item, _Clock) and i + 1 < len(items) and isinstance(items[i + 1], _DatePhrase) \
-                and items[i + 1].exact is None and _touching(text, item, items[i + 1]):
+        elif (
+            isinstance(item, _Clock)
+            and i + 1 < len(items)
+            and isinstance(items[i + 1], _DatePhrase)
+            and items[i + 1].exact is None
+            and _touching(text, item, items[i + 1])
+        ):
             pairs.append((items[i + 1], item))
             used.add(id(items[i + 1]))
         elif isinstance(item, _DatePhrase):
@@ -567,7 +722,7 @@ def _pair(text: str, phrases: list[_DatePhrase], clocks: list[_Clock]):
 
 
 def _touching(text: str, first, second) -> bool:
-    gap = text[first.end:second.start]
+    gap = text[first.end : second.start]
     return len(gap) <= 16 and _PAIR_GAP.fullmatch(gap) is not None
 
 
@@ -581,8 +736,9 @@ def _drop_range_ends(text: str, pairs):
             prev_start = min(x.start for x in prev if x)
             start = min(x.start for x in pair if x)
             gap = text[prev_end:start]
-            if _RANGE_GAP.fullmatch(gap) and (not re.search(r"\band\b", gap, re.IGNORECASE)
-                                              or _RANGE_OPENER.search(text[:prev_start])):
+            if _RANGE_GAP.fullmatch(gap) and (
+                not re.search(r"\band\b", gap, re.IGNORECASE) or _RANGE_OPENER.search(text[:prev_start])
+            ):
                 if prev[0] is None and pair[0] is not None:  # the start borrows the end's date
                     kept[-1] = (pair[0], prev[1])
                 continue
@@ -590,8 +746,7 @@ def _drop_range_ends(text: str, pairs):
     return kept
 
 
-def _resolve(phrase: _DatePhrase | None, clock: _Clock | None, now: datetime,
-             tz: tzinfo) -> Moment | None:
+def _resolve(phrase: _DatePhrase | None, clock: _Clock | None, now: datetime, tz: tzinfo) -> Moment | None:
     if phrase is not None and phrase.exact is not None:
         return Moment(phrase.exact, False)
     day = phrase.day if phrase else now.date()
@@ -615,12 +770,12 @@ def _resolve(phrase: _DatePhrase | None, clock: _Clock | None, now: datetime,
 
 
 def _role(text: str, start: int, end: int) -> str:
-    before = _SENTENCE_BREAK.split(text[max(0, start - 40):start])[-1]
+    before = _SENTENCE_BREAK.split(text[max(0, start - 40) : start])[-1]
     before = _CLAUSE_BREAK.split(before)[-1]  # "bought on Nov 1, and since the 15th ..."
-    after = text[end:end + 8]
+    after = text[end : end + 8]
     if _TODAY.fullmatch(text[start:end]) and (_DEMAND_BEFORE.search(before) or _DEMAND_AFTER.search(after)):
         return "other"
-    if _EARLIER_CHARGE_AFTER.search(text[end:end + 16]):
+    if _EARLIER_CHARGE_AFTER.search(text[end : end + 16]):
         return "other"
     if _CHARGE_AFTER.search(after):  # "购买的套餐于三天前扣款": the date of the charge itself
         return "incident"
@@ -636,8 +791,7 @@ def choose_moment(mentions: list[Mention], role: str = "incident") -> Moment | N
     moments = {m.moment for m in mentions if m.role == role}
     timed = {m for m in moments if not m.date_only}
     # A date-only mention agrees with a timed one on the same day ("yesterday ... at 3pm yesterday").
-    moments = timed | {m for m in moments if m.date_only and
-                       not any(t.at.date() == m.at.date() for t in timed)}
+    moments = timed | {m for m in moments if m.date_only and not any(t.at.date() == m.at.date() for t in timed)}
     return next(iter(moments)) if len(moments) == 1 else None
 
 
@@ -647,10 +801,18 @@ def parse_answer_moment(text: str, now: datetime, tz: tzinfo) -> Moment | None:
     mentions = find_moments(text, now, tz, answer=True, include_future=True)
     if mentions or len(text) > 60 or _FUTURE_CUE.search(text):
         # Our patterns saw a date: if it lies ahead, the answer is no incident time at all.
-        return choose_moment([replace(m, role="incident") for m in mentions
-                              if m.role != "other" and m.moment.at <= now + FUTURE_TOLERANCE])
-    settings = {"RELATIVE_BASE": now.replace(tzinfo=None), "PREFER_DATES_FROM": "past",
-                "RETURN_AS_TIMEZONE_AWARE": False}
+        return choose_moment(
+            [
+                replace(m, role="incident")
+                for m in mentions
+                if m.role != "other" and m.moment.at <= now + FUTURE_TOLERANCE
+            ]
+        )
+    settings = {
+        "RELATIVE_BASE": now.replace(tzinfo=None),
+        "PREFER_DATES_FROM": "past",
+        "RETURN_AS_TIMEZONE_AWARE": False,
+    }
     try:
         parsed = dateparser.parse(text, languages=["zh", "en"], settings=settings)
     except Exception:
@@ -669,19 +831,34 @@ _DURATION = re.compile(
     r"|an?|one|two|three|four|five|six|seven|eight|nine|ten"
     r"|twelve|half an?|a couple of|整整|一整)\s*(?:个)?\s*(半)?\s*"
     r"(hours?|hrs?|h\b|小时|钟头|days?|天|日(?![期元])|weeks?|星期|minutes?|mins?|分钟)(半)?"
-    r"(?:\s+and\s+a\s+half)?|半天|一整天|整天|半小时|半个小时)", re.IGNORECASE)
-_UNIT_HOURS = {"hour": 1, "hr": 1, "h": 1, "小时": 1, "钟头": 1, "day": 24, "天": 24, "日": 24,
-               "week": 168, "星期": 168, "minute": Decimal(1) / 60, "min": Decimal(1) / 60,
-               "分钟": Decimal(1) / 60}
+    r"(?:\s+and\s+a\s+half)?|半天|一整天|整天|半小时|半个小时)",
+    re.IGNORECASE,
+)
+_UNIT_HOURS = {
+    "hour": 1,
+    "hr": 1,
+    "h": 1,
+    "小时": 1,
+    "钟头": 1,
+    "day": 24,
+    "天": 24,
+    "日": 24,
+    "week": 168,
+    "星期": 168,
+    "minute": Decimal(1) / 60,
+    "min": Decimal(1) / 60,
+    "分钟": Decimal(1) / 60,
+}
 _OUTAGE = re.compile(
     r"\b(?:down|outage|offline|unavailable|unreachable|not working|didn'?t work|doesn'?t work|"
     r"failing|failed|fails|broken|no response|timed? ?out|errors?|couldn'?t (?:use|access|connect)|"
     r"can'?t (?:use|access|connect)|cannot (?:use|access|connect)|interrupt\w*|disruption|"
     r"lasted)\b|宕机|挂了|挂掉|用不了|不能用|无法使用|无法访问|不可用|中断|故障|停服|崩溃|崩了|"
-    r"连不上|超时|报错|瘫痪|没法用", re.IGNORECASE)
+    r"连不上|超时|报错|瘫痪|没法用",
+    re.IGNORECASE,
+)
 _NOT_OUTAGE_AFTER = re.compile(r"^\s*(?:ago|later|before|之前|以前|前|后|以后|之后|内|以内)", re.IGNORECASE)
-_NOT_OUTAGE_BEFORE = re.compile(r"(?:\b(?:within|in|every|each|per|after|first|last)|每|前|后)\s*$",
-                                re.IGNORECASE)
+_NOT_OUTAGE_BEFORE = re.compile(r"(?:\b(?:within|in|every|each|per|after|first|last)|每|前|后)\s*$", re.IGNORECASE)
 
 
 def _duration_hours(m: re.Match) -> Decimal | None:
@@ -713,9 +890,9 @@ def find_outage_hours(text: str, *, answer: bool = False) -> list[Decimal]:
     """Durations said of an outage ("down for 2 days" -> 48); every one, for the caller to judge."""
     found = []
     for m in _DURATION.finditer(text):
-        if _NOT_OUTAGE_AFTER.search(text[m.end():m.end() + 6]):
+        if _NOT_OUTAGE_AFTER.search(text[m.end() : m.end() + 6]):
             continue
-        if _NOT_OUTAGE_BEFORE.search(text[max(0, m.start() - 8):m.start()]):
+        if _NOT_OUTAGE_BEFORE.search(text[max(0, m.start() - 8) : m.start()]):
             continue
         sentence = _sentence_around(text, m.start(), m.end())
         if not answer and not _OUTAGE.search(sentence):

@@ -4,6 +4,7 @@ Our letters end with lines such as `Amount charged:` or `金额：` for the cust
 The labels here must stay the ones the templates print (tests/test_form.py renders every
 label in both languages and reads it back), so a filled-in block always round-trips.
 """
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 Everything here is plain data: adapters build an `InboundMessage`, the dialog turns
 (case, inbound, now) into a new case plus findings and replies, and the store persists them.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -79,7 +80,7 @@ class Finding:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Finding":
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
         return cls(
             code=data["code"],
             clause=data["clause"],
@@ -123,10 +124,10 @@ class Case:
     conversation_key: str = ""
     policy_version: str = ""
 
-    def evolve(self, **changes: Any) -> "Case":
+    def evolve(self, **changes: Any) -> Case:
         return replace(self, **changes)
 
-    def with_fields(self, **values: str) -> "Case":
+    def with_fields(self, **values: str) -> Case:
         merged = dict(self.fields)
         merged.update({k: v for k, v in values.items() if v is not None})
         return replace(self, fields=merged)
@@ -135,8 +136,11 @@ class Case:
 def read_choices(case: Case) -> dict[str, dict[str, Any]]:
     """The reader's choices that still stand: the field holds the value it chose. Here, not in
     dialog.py, so that showing a case does not load the reader."""
-    return {name: choice for name, choice in case.dialog.get("read_choices", {}).items()
-            if case.fields.get(name) == choice["value"]}
+    return {
+        name: choice
+        for name, choice in case.dialog.get("read_choices", {}).items()
+        if case.fields.get(name) == choice["value"]
+    }
 
 
 @dataclass(frozen=True)

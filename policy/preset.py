@@ -4,6 +4,7 @@ A policy file holds one or more versions, each complete in itself, with the date
 effect (PIF-11: a case is judged by the version in force at its purchase date). Loading
 validates the shape once, so the rules and the dialog can trust what they read.
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -75,11 +76,7 @@ class PolicyVersion:
 
     def fields_for(self, kind: str, reason: str | None = None) -> tuple[FieldSpec, ...]:
         """The required fields for a case kind, in asking order; conditional ones only when they apply."""
-        return tuple(
-            f
-            for f in self.fields
-            if kind in f.kinds and (not f.when_reason or reason in f.when_reason)
-        )
+        return tuple(f for f in self.fields if kind in f.kinds and (not f.when_reason or reason in f.when_reason))
 
     def reason(self, code: str | None) -> ReasonSpec | None:
         return next((r for r in self.reasons if r.code == code), None)

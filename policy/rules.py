@@ -3,11 +3,12 @@
 A finding is blocking when the policy, read plainly, says the request cannot succeed as it
 stands (late, ineligible, over quota); an agent still decides, the finding explains why.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Callable, Iterable
 
 from .context import Context
 from .deadlines import Deadline, window_deadline
@@ -33,7 +34,9 @@ def check_missing(case: Case, version: PolicyVersion, ctx: Context, now: datetim
             yield Finding("missing_evidence", clause, "No evidence file yet (screenshot, log, voucher).", True)
         else:
             spec = version.field(name)
-            yield Finding("missing_field", spec.clause if spec else "", f"Required field missing: {name}.", True, {"field": name})
+            yield Finding(
+                "missing_field", spec.clause if spec else "", f"Required field missing: {name}.", True, {"field": name}
+            )
 
 
 def origin_of(window: WindowSpec, case: Case, ctx: Context) -> datetime | None:
@@ -52,9 +55,7 @@ def origin_of(window: WindowSpec, case: Case, ctx: Context) -> datetime | None:
 
 def applicable_windows(case: Case, version: PolicyVersion) -> list[WindowSpec]:
     reason = case.fields.get("reason")
-    return [
-        w for w in version.windows if case.kind in w.kinds and (not w.when_reason or reason in w.when_reason)
-    ]
+    return [w for w in version.windows if case.kind in w.kinds and (not w.when_reason or reason in w.when_reason)]
 
 
 def deadlines_of(case: Case, version: PolicyVersion, ctx: Context) -> list[tuple[WindowSpec, Deadline]]:
@@ -62,7 +63,9 @@ def deadlines_of(case: Case, version: PolicyVersion, ctx: Context) -> list[tuple
     for window in applicable_windows(case, version):
         origin = origin_of(window, case, ctx)
         if origin is not None:
-            found.append((window, window_deadline(ctx.calendar, ctx.policy.timezone, origin, window.length, window.unit)))
+            found.append(
+                (window, window_deadline(ctx.calendar, ctx.policy.timezone, origin, window.length, window.unit))
+            )
     return found
 
 
@@ -151,7 +154,9 @@ def check_appeal_parent(case: Case, version: PolicyVersion, ctx: Context, now: d
     if parent is None:
         yield Finding("appeal_parent_unknown", clause, f"No case {case.fields['parent_ref']} is known.", True)
     elif parent.status not in DECIDED_STATUSES:
-        yield Finding("appeal_parent_undecided", clause, f"Case {parent.id} has not been decided yet ({parent.status}).", True)
+        yield Finding(
+            "appeal_parent_undecided", clause, f"Case {parent.id} has not been decided yet ({parent.status}).", True
+        )
     elif parent.contact != case.contact:
         yield Finding("appeal_other_contact", clause, f"Case {parent.id} was filed by another contact.", False)
 

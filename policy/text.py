@@ -6,6 +6,7 @@ worker for minutes, because patterns that may start anywhere in a run of spaces 
 whole run from each position. Collapsing the runs here keeps every later pattern's work
 proportional to the text, and the cap bounds it.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,11 +23,22 @@ READ_LIMIT = 4 * OWN_WORDS_LIMIT
 
 # Full-width digits, letters and signs (common in Chinese input methods) become ASCII, one
 # character for one.
-FULL_WIDTH = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)},
-                            **{chr(0xFF21 + i): chr(0x41 + i) for i in range(26)},
-                            **{chr(0xFF41 + i): chr(0x61 + i) for i in range(26)},
-                            "￥": "¥", "＄": "$", "％": "%", "．": ".", "／": "/", "－": "-",
-                            "＞": ">", "＃": "#", "＠": "@"})
+FULL_WIDTH = str.maketrans(
+    {
+        **{chr(0xFF10 + i): str(i) for i in range(10)},
+        **{chr(0xFF21 + i): chr(0x41 + i) for i in range(26)},
+        **{chr(0xFF41 + i): chr(0x61 + i) for i in range(26)},
+        "￥": "¥",
+        "＄": "$",
+        "％": "%",
+        "．": ".",
+        "／": "/",
+        "－": "-",
+        "＞": ">",
+        "＃": "#",
+        "＠": "@",
+    }
+)
 
 # These passes read the whole text, before the cap. Each is one character class, repeated, so
 # Python's engine cannot backtrack in it. (RE2's Python binding substitutes ~75 times slower

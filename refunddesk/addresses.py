@@ -1,4 +1,5 @@
 """The desk's own addresses (refunds@ and appeals@), as the configuration names them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@ when `deliver` could not store the message, so the MTA keeps it and retries.
 The command modules import only what listing and showing cases need; a handler that reads
 messages (deliver, import, deadletters retry, the decisions) imports the reader itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="refunddesk",
         description="Refund and appeal intake against a written refund policy: mail, IMAP and Telegram in,\n"
-                    "a review queue and a console for agents, letters out.",
+        "a review queue and a console for agents, letters out.",
         epilog="Start with `refunddesk init`, then `refunddesk agents add NAME` and `refunddesk serve`.\n"
-               "Every command has its own --help.",
+        "Every command has its own --help.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE",
-                        help=f"the configuration file (default: ${ENV_CONFIG}, else ./{DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"the configuration file (default: ${ENV_CONFIG}, else ./{DEFAULT_CONFIG})"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail on standard error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
     for group in GROUPS:

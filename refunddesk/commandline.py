@@ -5,6 +5,7 @@ review/commands.py) import this module, never refunddesk/cli.py, which only asse
 Kept light on purpose: `cases list` must answer in a blink, so nothing here loads the reader, the
 mail parser or a channel.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ class Parser(argparse.ArgumentParser):
 def add_command(commands: Any, name: str, summary: str, details: str = "") -> Parser:
     """A subcommand whose --help starts with `summary` (also its line in the parent's list)."""
     description = f"{summary[0].upper()}{summary[1:]}." + (f"\n\n{details}" if details else "")
-    return commands.add_parser(name, help=summary, description=description,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    return commands.add_parser(
+        name, help=summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

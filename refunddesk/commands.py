@@ -1,6 +1,7 @@
 """The desk's own commands: `init` sets it up, `serve` runs it. Both end by saying where customers
 write, where agents log in and, while nobody can, how to add the first agent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ from refunddesk.review.agents import MIN_PASSWORD, any_active
 
 def register(commands: argparse._SubParsersAction) -> None:
     init = add_command(
-        commands, "init", "write a configuration file if there is none, and create or upgrade the store",
+        commands,
+        "init",
+        "write a configuration file if there is none, and create or upgrade the store",
         f"The file is the one --config names, else ${ENV_CONFIG}, else ./{DEFAULT_CONFIG}; an existing file is\n"
         "never overwritten. A new one is config.example.toml: every key with its default, the store under\n"
         "./var beside it, refunds@example.com and appeals@example.com as the desk's addresses (set your own\n"
@@ -28,7 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     init.set_defaults(func=cmd_init)
 
     serve = add_command(
-        commands, "serve", "run the desk: the worker, the senders and every enabled channel, until stopped",
+        commands,
+        "serve",
+        "run the desk: the worker, the senders and every enabled channel, until stopped",
         "Listens for mail by SMTP ([email.smtp_intake]), polls IMAP ([email.imap]), runs the Telegram bot\n"
         "([telegram]) and the agents' web console ([console]), as enabled in the configuration. SIGTERM or\n"
         "Ctrl-C stops it cleanly: channels stop accepting, the message and the delivery in hand finish.\n"

@@ -17,6 +17,7 @@ A secret (passwords, the bot token, the console's signing key) may come from the
 instead of the file: `email.imap.password` is read from `REFUNDDESK_EMAIL_IMAP_PASSWORD`.
 Secrets are never part of `repr()` or any log line.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -299,8 +300,10 @@ class Reader:
 
 def check_across(config: Config, source: str) -> None:
     """The checks one key's type cannot express: ranges, forms and keys that need each other."""
-    for key, address in (("email.refunds_address", config.email.refunds_address),
-                         ("email.appeals_address", config.email.appeals_address)):
+    for key, address in (
+        ("email.refunds_address", config.email.refunds_address),
+        ("email.appeals_address", config.email.appeals_address),
+    ):
         if "@" not in address or any(c in address for c in "\r\n <>"):
             raise ConfigError(f"{source}: key {key!r} must be a plain email address, not {address!r}")
     processes = config.worker.processes

@@ -1,4 +1,5 @@
 """The running desk: configuration turned into the policy, the calendar and the store's paths."""
+
 from __future__ import annotations
 
 import logging
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from refunddesk.config import Config
 from refunddesk.addresses import Addresses
+from refunddesk.config import Config
 from refunddesk.policy.calendar import WorkingCalendar
 from refunddesk.policy.preset import Policy, load_policy_file, load_preset
 from refunddesk.store.db import open_db
@@ -26,7 +27,7 @@ class Desk:
     addresses: Addresses
 
     @classmethod
-    def from_config(cls, config: Config) -> "Desk":
+    def from_config(cls, config: Config) -> Desk:
         chosen = config.policy
         policy = load_policy_file(chosen.file) if chosen.file else load_preset(chosen.preset)
         if chosen.calendar_overrides:

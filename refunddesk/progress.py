@@ -4,12 +4,14 @@ On a terminal: tqdm's bar. Without one (systemd, cron, CI), a bar draws nothing 
 line every few seconds (`imported 1200 of 5000 mails (3 dead letters)`), which a journal keeps.
 Nothing is kept per item: the memory used is the same for ten mails and for a million.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 EVERY_SECONDS = 5.0
 # Operators may want lines more or less often in their logs; the tests want them at once.
@@ -31,8 +33,16 @@ class Progress:
     default: standard output may be the command's own result, such as a CSV file).
     """
 
-    def __init__(self, verb: str, noun: str, total: int | None, *, every: float | None = None,
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        verb: str,
+        noun: str,
+        total: int | None,
+        *,
+        every: float | None = None,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.verb, self.noun, self.total = verb, noun, total
         self.stream = stream or sys.stderr
         self.every = every_seconds() if every is None else every

@@ -4,6 +4,7 @@ Each template has a `subject` block and a `body` block. StrictUndefined turns a 
 context value into an error at render time instead of a letter with a hole in it; HTML
 templates are autoescaped, plain-text letters are not (they are never interpreted as markup).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

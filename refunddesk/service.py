@@ -7,6 +7,7 @@ has written a reply, so an acknowledgement leaves within a second, not at the ne
 SIGTERM and SIGINT stop everything cleanly: channels stop accepting first, the worker finishes
 the message in hand, senders finish the delivery in hand.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,8 @@ import logging
 import signal
 import socket
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from refunddesk.addresses import endpoint
 from refunddesk.config import Config

@@ -2,6 +2,7 @@
 
 An account is disabled, never deleted, so the event log's actor names always resolve.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,7 +45,10 @@ def add(db: sqlite_utils.Database, name: str, password: str, now: datetime, acto
     with transaction(db):
         if db.execute("SELECT 1 FROM agents WHERE name = ?", [name]).fetchone():
             raise AgentError(f"agent {name} exists already")
-        db.execute("INSERT INTO agents (name, password_hash, created_at) VALUES (?, ?, ?)", [name, HASHER.hash(password), stamp(now)])
+        db.execute(
+            "INSERT INTO agents (name, password_hash, created_at) VALUES (?, ?, ?)",
+            [name, HASHER.hash(password), stamp(now)],
+        )
         events.record(db, None, actor, "agent_added", now, {"agent": name})
 
 

@@ -6,6 +6,7 @@ time that doubles with each further failure. A correct password during the lock 
 too, or a guesser could still learn when they hit it. Sessions are rows in the store, so
 logout (and disabling an agent) ends them wherever their cookie went.
 """
+
 from __future__ import annotations
 
 import os
@@ -137,7 +138,9 @@ def revoke_session(db: sqlite_utils.Database, sid: str, now: datetime) -> None:
 def revoke_sessions_of(db: sqlite_utils.Database, agent: str, now: datetime) -> None:
     """Every session of an agent (disabled, or a password changed)."""
     with transaction(db):
-        db.execute("UPDATE console_sessions SET revoked_at = ? WHERE agent = ? AND revoked_at IS NULL", [stamp(now), agent])
+        db.execute(
+            "UPDATE console_sessions SET revoked_at = ? WHERE agent = ? AND revoked_at IS NULL", [stamp(now), agent]
+        )
 
 
 # --- the cookie's signing key ------------------------------------------------------------------------

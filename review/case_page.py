@@ -3,6 +3,7 @@ evidence, findings with clauses, the suggestion, the event log, and whether the 
 keeps an agent from deciding it. Apart from case_view.py, so that `cases list --json` does not
 load the decisions, the pipeline behind them and the HTML sanitizer.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,12 @@ def agent_view(desk: Desk, db: sqlite_utils.Database, case_id: str, now: datetim
     parent = parent_of(db, case)
     version = version_of(desk, case)
     zone = desk.policy.timezone
-    evidence = list(db.query(
-        "SELECT sha256, filename, content_type, size, created_at FROM evidence WHERE case_id = ? ORDER BY id", [case.id]
-    ))
+    evidence = list(
+        db.query(
+            "SELECT sha256, filename, content_type, size, created_at FROM evidence WHERE case_id = ? ORDER BY id",
+            [case.id],
+        )
+    )
     messages = []
     for message in case_store.messages_of(db, case.id):
         # Sanitized when stored; sanitized again here, so a row written by an older version is safe too.
@@ -70,7 +74,8 @@ def agent_view(desk: Desk, db: sqlite_utils.Database, case_id: str, now: datetim
         "outbox": list(outbox),
         "events": logged,
         "suggestion": suggest(case, version, desk.policy.currency, parent).to_dict()
-        if case.kind == "refund" or parent else None,
+        if case.kind == "refund" or parent
+        else None,
         "reject_reasons": dict(version.reject_reasons),
         "special_flags": list(version.special.get("flags", ())),
         "special_clause": version.special.get("clause", ""),
@@ -92,10 +97,12 @@ def field_rows(case: Case, version: PolicyVersion, zone: tzinfo) -> list[dict[st
         spec = version.field(name)
         kind = spec.type if spec else None
         others = choices[name]["others"] if name in choices else []
-        rows.append({
-            "name": name,
-            "label": label("fields", name),
-            "value": field_text(name, case.fields[name], case.fields, kind, zone),
-            "others": [field_text(name, other, {}, kind, zone) for other in others],
-        })
+        rows.append(
+            {
+                "name": name,
+                "label": label("fields", name),
+                "value": field_text(name, case.fields[name], case.fields, kind, zone),
+                "others": [field_text(name, other, {}, kind, zone) for other in others],
+            }
+        )
     return rows

@@ -1,4 +1,5 @@
 """The JSON shape of a case, as `cases list/show --json` print it. A public interface: add, never rename."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,7 @@ def case_json(case: Case, incident_tz=None) -> dict[str, Any]:
         "fields": dict(case.fields),
         # Where the reader chose among several values in the customer's text: which, and the others.
         "read_choices": read_choices(case),
-        "attachments": [
-            {k: a[k] for k in ("filename", "content_type", "size", "sha256")} for a in case.attachments
-        ],
+        "attachments": [{k: a[k] for k in ("filename", "content_type", "size", "sha256")} for a in case.attachments],
         "findings": [f.to_dict() for f in case.findings],
         "created_at": iso(case.created_at),
         "completed_at": iso(case.completed_at),
@@ -63,7 +62,15 @@ def case_detail_json(db: sqlite_utils.Database, case: Case) -> dict[str, Any]:
     data["decided_amount"] = decided[1]
     data["decision"] = json.loads(decided[2] or "{}")
     data["outbox"] = [
-        {"id": r["id"], "kind": r["kind"], "template": r["template"], "status": r["status"], "created_at": r["created_at"], "sent_at": r["sent_at"], "subject": r["subject"]}
+        {
+            "id": r["id"],
+            "kind": r["kind"],
+            "template": r["template"],
+            "status": r["status"],
+            "created_at": r["created_at"],
+            "sent_at": r["sent_at"],
+            "subject": r["subject"],
+        }
         for r in db.query("SELECT * FROM outbox WHERE case_id = ? ORDER BY id", [case.id])
     ]
     return data

@@ -1,6 +1,7 @@
 """Small charts for the dashboard, drawn on the server as inline SVG: no script, no CDN, and
 nothing the Content-Security-Policy has to allow. Every text in a chart is escaped here.
 """
+
 from __future__ import annotations
 
 from html import escape
@@ -20,12 +21,16 @@ def svg(title: str, body: list[str]) -> Markup:
 
 def axis(top: float) -> list[str]:
     plot_h = HEIGHT - MARGIN_BOTTOM - MARGIN_TOP
-    parts = [f'<line x1="{MARGIN_LEFT}" y1="{MARGIN_TOP}" x2="{MARGIN_LEFT}" y2="{HEIGHT - MARGIN_BOTTOM}" stroke="#888"/>',
-             f'<line x1="{MARGIN_LEFT}" y1="{HEIGHT - MARGIN_BOTTOM}" x2="{WIDTH - 8}" y2="{HEIGHT - MARGIN_BOTTOM}" stroke="#888"/>']
+    parts = [
+        f'<line x1="{MARGIN_LEFT}" y1="{MARGIN_TOP}" x2="{MARGIN_LEFT}" y2="{HEIGHT - MARGIN_BOTTOM}" stroke="#888"/>',
+        f'<line x1="{MARGIN_LEFT}" y1="{HEIGHT - MARGIN_BOTTOM}" x2="{WIDTH - 8}" y2="{HEIGHT - MARGIN_BOTTOM}" stroke="#888"/>',
+    ]
     for step in range(0, 5):
         value = top * step / 4
         y = HEIGHT - MARGIN_BOTTOM - plot_h * step / 4
-        parts.append(f'<text x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#555">{value:g}</text>')
+        parts.append(
+            f'<text x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#555">{value:g}</text>'
+        )
     return parts
 
 
@@ -36,8 +41,11 @@ def nice_top(value: float) -> float:
     return float(value)
 
 
-def cases_per_day(per_day: list[dict[str, Any]], channels: tuple[str, ...] = ("email", "telegram"),
-                  names: dict[str, str] | None = None) -> Markup:
+def cases_per_day(
+    per_day: list[dict[str, Any]],
+    channels: tuple[str, ...] = ("email", "telegram"),
+    names: dict[str, str] | None = None,
+) -> Markup:
     """Stacked bars: how many cases arrived each day, by channel (shown by its name in `names`)."""
     name = (names or {}).get
     totals = [sum(day.get(c, 0) for c in channels) for day in per_day] or [0]
@@ -54,17 +62,25 @@ def cases_per_day(per_day: list[dict[str, Any]], channels: tuple[str, ...] = ("e
                 h = plot_h * count / top
                 base -= h
                 title = f"{escape(day['date'])} {escape(name(channel, channel))}: {count}"
-                parts.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}"'
-                             f' fill="{COLORS[channel]}"><title>{title}</title></rect>')
-        parts.append(f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - MARGIN_BOTTOM + 14}" font-size="9" text-anchor="middle" fill="#555">{escape(day["date"][5:])}</text>')
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}"'
+                    f' fill="{COLORS[channel]}"><title>{title}</title></rect>'
+                )
+        parts.append(
+            f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - MARGIN_BOTTOM + 14}" font-size="9" text-anchor="middle" fill="#555">{escape(day["date"][5:])}</text>'
+        )
     for offset, channel in enumerate(channels):
-        parts.append(f'<rect x="{MARGIN_LEFT + 10 + offset * 90}" y="{HEIGHT - 12}" width="10" height="10" fill="{COLORS[channel]}"/>'
-                     f'<text x="{MARGIN_LEFT + 24 + offset * 90}" y="{HEIGHT - 3}" font-size="10" fill="#333">'
-                     f'{escape(name(channel, channel))}</text>')
+        parts.append(
+            f'<rect x="{MARGIN_LEFT + 10 + offset * 90}" y="{HEIGHT - 12}" width="10" height="10" fill="{COLORS[channel]}"/>'
+            f'<text x="{MARGIN_LEFT + 24 + offset * 90}" y="{HEIGHT - 3}" font-size="10" fill="#333">'
+            f"{escape(name(channel, channel))}</text>"
+        )
     return svg("Cases per day by channel", parts)
 
 
-def times_against_limit(title: str, items: list[dict[str, Any]], limit_key: str | None = None, limit: float | None = None, unit: str = "h") -> Markup:
+def times_against_limit(
+    title: str, items: list[dict[str, Any]], limit_key: str | None = None, limit: float | None = None, unit: str = "h"
+) -> Markup:
     """One bar per case: how long it took, with its limit drawn as a red mark (or line).
 
     `limit` is one limit for all (the 24-hour acknowledgement); `limit_key` names a per-case
@@ -79,13 +95,21 @@ def times_against_limit(title: str, items: list[dict[str, Any]], limit_key: str 
         x = MARGIN_LEFT + index * slot + slot * 0.15
         late = item["hours"] > allowed
         y = y_of(item["hours"])
-        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{HEIGHT - MARGIN_BOTTOM - y:.1f}" fill="{COLORS["late" if late else "bar"]}">'
-                     f'<title>{escape(item["case_id"])}: {item["hours"]:g} {unit} (limit {allowed:g} {unit})</title></rect>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{HEIGHT - MARGIN_BOTTOM - y:.1f}" fill="{COLORS["late" if late else "bar"]}">'
+            f"<title>{escape(item['case_id'])}: {item['hours']:g} {unit} (limit {allowed:g} {unit})</title></rect>"
+        )
         if limit_key:
-            parts.append(f'<line x1="{x - 1:.1f}" x2="{x + slot * 0.7 + 1:.1f}" y1="{y_of(allowed):.1f}" y2="{y_of(allowed):.1f}" stroke="{COLORS["limit"]}" stroke-width="2"/>')
+            parts.append(
+                f'<line x1="{x - 1:.1f}" x2="{x + slot * 0.7 + 1:.1f}" y1="{y_of(allowed):.1f}" y2="{y_of(allowed):.1f}" stroke="{COLORS["limit"]}" stroke-width="2"/>'
+            )
     if limit is not None:
-        parts.append(f'<line x1="{MARGIN_LEFT}" x2="{WIDTH - 8}" y1="{y_of(limit):.1f}" y2="{y_of(limit):.1f}" stroke="{COLORS["limit"]}" stroke-dasharray="4 3"/>'
-                     f'<text x="{WIDTH - 10}" y="{y_of(limit) - 4:.1f}" font-size="10" text-anchor="end" fill="{COLORS["limit"]}">limit {limit:g} {unit}</text>')
+        parts.append(
+            f'<line x1="{MARGIN_LEFT}" x2="{WIDTH - 8}" y1="{y_of(limit):.1f}" y2="{y_of(limit):.1f}" stroke="{COLORS["limit"]}" stroke-dasharray="4 3"/>'
+            f'<text x="{WIDTH - 10}" y="{y_of(limit) - 4:.1f}" font-size="10" text-anchor="end" fill="{COLORS["limit"]}">limit {limit:g} {unit}</text>'
+        )
     if not items:
-        parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" font-size="12" text-anchor="middle" fill="#777">no data yet</text>')
+        parts.append(
+            f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" font-size="12" text-anchor="middle" fill="#777">no data yet</text>'
+        )
     return svg(title, parts)

@@ -5,6 +5,7 @@ Decisions (approve, reject, request-info) and flags are taken by a registered, e
 `--agent`, else $REFUNDDESK_AGENT, else the operating-system user, so every decision in the event
 log names a person who has an account. Nothing here edits or deletes a record.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,15 @@ import sys
 import sqlite_utils
 
 from refunddesk.commandline import (
-    CASE_ID_FORM, DAY_FORM, UserError, add_command, add_json_option, case_id, day, fail, opened,
+    CASE_ID_FORM,
+    DAY_FORM,
+    UserError,
+    add_command,
+    add_json_option,
+    case_id,
+    day,
+    fail,
+    opened,
 )
 from refunddesk.policy.model import CHANNELS, KINDS, STATUSES
 from refunddesk.store import cases as case_store
@@ -36,21 +45,37 @@ def register(commands: argparse._SubParsersAction) -> None:
     register_agents(commands)
 
     export = add_command(
-        commands, "export", "refund statements as CSV for a period (PIF-10)",
+        commands,
+        "export",
+        "refund statements as CSV for a period (PIF-10)",
         "One row per decided case in the period, days counted in the policy's time zone.\n\n"
         "example:\n  refunddesk export --from 2026-01-01 --to 2026-01-31 --output january.csv",
     )
-    export.add_argument("--from", dest="first", required=True, type=day, metavar=DAY_FORM,
-                        help=f"the first day, {DAY_FORM} (e.g. 2026-01-01)")
-    export.add_argument("--to", dest="last", required=True, type=day, metavar=DAY_FORM,
-                        help=f"the last day, {DAY_FORM}, included (e.g. 2026-01-31)")
+    export.add_argument(
+        "--from",
+        dest="first",
+        required=True,
+        type=day,
+        metavar=DAY_FORM,
+        help=f"the first day, {DAY_FORM} (e.g. 2026-01-01)",
+    )
+    export.add_argument(
+        "--to",
+        dest="last",
+        required=True,
+        type=day,
+        metavar=DAY_FORM,
+        help=f"the last day, {DAY_FORM}, included (e.g. 2026-01-31)",
+    )
     export.add_argument("--output", metavar="FILE", help="write the CSV to this file instead of standard output")
     export.set_defaults(func=cmd_export)
 
 
 def register_cases(commands: argparse._SubParsersAction) -> None:
     cases = add_command(
-        commands, "cases", "list, show and decide cases",
+        commands,
+        "cases",
+        "list, show and decide cases",
         f"Cases are named by {CASE_ID_FORM}, as the customer's letters show them.",
     ).add_subparsers(dest="cases_command", required=True, metavar="COMMAND", help="one of:")
 
@@ -60,51 +85,70 @@ def register_cases(commands: argparse._SubParsersAction) -> None:
     add_json_option(listing)
     listing.set_defaults(func=cmd_cases_list)
 
-    show = add_command(cases, "show", "show one case: its fields, findings, evidence and messages",
-                       "example:\n  refunddesk cases show RF-000001")
+    show = add_command(
+        cases,
+        "show",
+        "show one case: its fields, findings, evidence and messages",
+        "example:\n  refunddesk cases show RF-000001",
+    )
     add_case_argument(show)
     add_json_option(show)
     show.set_defaults(func=cmd_cases_show)
 
     approve = add_command(
-        cases, "approve", "approve a refund; the letter goes to the customer",
+        cases,
+        "approve",
+        "approve a refund; the letter goes to the customer",
         "A case that is queued, awaiting the customer or still collecting can be decided.\n\n"
-        "example:\n  refunddesk cases approve RF-000001 --amount 12.50 --note \"One call was billed twice.\"",
+        'example:\n  refunddesk cases approve RF-000001 --amount 12.50 --note "One call was billed twice."',
     )
     add_case_argument(approve)
-    approve.add_argument("--amount", required=True,
-                         help="the refund, e.g. 12.50, in the case's currency; at most the amount requested"
-                              " (P302-13, PIF-5)")
+    approve.add_argument(
+        "--amount",
+        required=True,
+        help="the refund, e.g. 12.50, in the case's currency; at most the amount requested (P302-13, PIF-5)",
+    )
     approve.add_argument("--note", default="", help="a note to the customer, quoted in the letter")
     add_agent_option(approve)
     approve.set_defaults(func=cmd_approve)
 
     reject = add_command(
-        cases, "reject", "reject a request with one of the policy's reasons; the letter goes to the customer",
+        cases,
+        "reject",
+        "reject a request with one of the policy's reasons; the letter goes to the customer",
         "A case that is queued, awaiting the customer or still collecting can be decided (an abandoned\n"
         "request is rejected as `incomplete`, P302-9).\n\n"
-        "example:\n  refunddesk cases reject RF-000001 --reason not_platform_fault --note \"The logs show one call.\"",
+        'example:\n  refunddesk cases reject RF-000001 --reason not_platform_fault --note "The logs show one call."',
     )
     add_case_argument(reject)
-    reject.add_argument("--reason", required=True, metavar="CODE",
-                        help="a reason code of the policy, e.g. late or incomplete"
-                             " (`refunddesk cases reasons` lists them)")
+    reject.add_argument(
+        "--reason",
+        required=True,
+        metavar="CODE",
+        help="a reason code of the policy, e.g. late or incomplete (`refunddesk cases reasons` lists them)",
+    )
     reject.add_argument("--note", default="", help="the specific reason in your words, quoted in the letter")
     add_agent_option(reject)
     reject.set_defaults(func=cmd_reject)
 
     ask = add_command(
-        cases, "request-info", "ask the customer for more; their answer puts the case back in the queue",
-        "example:\n  refunddesk cases request-info RF-000001 --message \"Which API key was charged?\"",
+        cases,
+        "request-info",
+        "ask the customer for more; their answer puts the case back in the queue",
+        'example:\n  refunddesk cases request-info RF-000001 --message "Which API key was charged?"',
     )
     add_case_argument(ask)
-    ask.add_argument("--message", required=True,
-                     help="what to ask, in your words; it is sent to the customer as it is (at most 4,000 characters)")
+    ask.add_argument(
+        "--message",
+        required=True,
+        help="what to ask, in your words; it is sent to the customer as it is (at most 4,000 characters)",
+    )
     add_agent_option(ask)
     ask.set_defaults(func=cmd_request_info)
 
     special = add_command(
-        cases, "flag",
+        cases,
+        "flag",
         "set or clear a case's special-consideration flags (PIF-9; shown to agents, no automatic effect)",
         "The flags are the policy's own: the ipfixed preset has force_majeure, system_upgrade,\n"
         "security_incident, legal_change and long_term_user; 302ai has none. Run it without --special to\n"
@@ -114,8 +158,13 @@ def register_cases(commands: argparse._SubParsersAction) -> None:
     )
     add_case_argument(special)
     choice = special.add_mutually_exclusive_group()
-    choice.add_argument("--special", action="append", default=[], metavar="FLAG",
-                        help="a flag of the case's policy, e.g. force_majeure; repeat for several")
+    choice.add_argument(
+        "--special",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag of the case's policy, e.g. force_majeure; repeat for several",
+    )
     choice.add_argument("--clear", action="store_true", help="remove every special-consideration flag of the case")
     add_agent_option(special)
     special.set_defaults(func=cmd_flag)
@@ -126,18 +175,27 @@ def register_cases(commands: argparse._SubParsersAction) -> None:
 
 def register_queue(commands: argparse._SubParsersAction) -> None:
     queue = add_command(
-        commands, "queue", "cases waiting for review, most urgent first (overdue first and marked)",
+        commands,
+        "queue",
+        "cases waiting for review, most urgent first (overdue first and marked)",
         "By default the queued cases; the cases still collecting or awaiting the customer are listed with\n"
         "--status collecting or --status awaiting_customer.\n\n"
         "examples:\n  refunddesk queue\n  refunddesk queue --status all --search 扣了两次",
     )
-    queue.add_argument("--status", choices=[*STATUSES, "all"], default="queued",
-                       help="cases in this status (default: queued, the ones waiting for an agent)")
+    queue.add_argument(
+        "--status",
+        choices=[*STATUSES, "all"],
+        default="queued",
+        help="cases in this status (default: queued, the ones waiting for an agent)",
+    )
     queue.add_argument("--kind", choices=KINDS, help="only refund requests, or only appeals")
     queue.add_argument("--channel", choices=CHANNELS, help="only cases that came by this channel")
     queue.add_argument("--agent", metavar="NAME", help="only cases this agent decided or acted on")
-    queue.add_argument("--search", metavar="WORDS",
-                       help="words in case ids, contacts, descriptions and customers' messages (Chinese too)")
+    queue.add_argument(
+        "--search",
+        metavar="WORDS",
+        help="words in case ids, contacts, descriptions and customers' messages (Chinese too)",
+    )
     add_json_option(queue)
     queue.set_defaults(func=cmd_queue)
 
@@ -149,18 +207,25 @@ def register_queue(commands: argparse._SubParsersAction) -> None:
 
 def register_agents(commands: argparse._SubParsersAction) -> None:
     agents = add_command(
-        commands, "agents", "agents' accounts: who may log in to the console and decide cases",
+        commands,
+        "agents",
+        "agents' accounts: who may log in to the console and decide cases",
         "Accounts are disabled, never deleted, so the event log's names always resolve.",
     ).add_subparsers(dest="agents_command", required=True, metavar="COMMAND", help="one of:")
     add = add_command(
-        agents, "add", "create an agent; the password is asked twice, or read from standard input",
+        agents,
+        "add",
+        "create an agent; the password is asked twice, or read from standard input",
         f"A password has at least {MIN_PASSWORD} characters.\n\n"
         "examples:\n  refunddesk agents add alice\n"
         "  printf '%s\\n' \"$PASSWORD\" | refunddesk agents add alice --password-stdin",
     )
     add.add_argument("name", help="the login name: 1-64 letters, digits, '.', '_', '@' or '-', e.g. alice")
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from the first line of standard input (for scripts)")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (for scripts)",
+    )
     add.set_defaults(func=cmd_agents_add)
     listing = add_command(agents, "list", "list agents, active or disabled")
     listing.set_defaults(func=cmd_agents_list)
@@ -176,8 +241,11 @@ def add_case_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_agent_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agent", metavar="NAME",
-                        help="the acting agent, a registered one (default: $REFUNDDESK_AGENT, else your login name)")
+    parser.add_argument(
+        "--agent",
+        metavar="NAME",
+        help="the acting agent, a registered one (default: $REFUNDDESK_AGENT, else your login name)",
+    )
 
 
 def acting_agent(args: argparse.Namespace, db: sqlite_utils.Database) -> str:
@@ -222,8 +290,12 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
         amount = f"{case.fields.get('amount', '')} {case.fields.get('currency') or ''}".strip()
         print(f"{case.id}  {case.kind:<6}  {case.status:<17}  {case.channel:<8}  {amount:<14}  {case.contact}")
     if not found:
-        print("no cases" + "".join(f" with {name} {value}" for name, value in
-                                   (("status", args.status), ("kind", args.kind)) if value))
+        print(
+            "no cases"
+            + "".join(
+                f" with {name} {value}" for name, value in (("status", args.status), ("kind", args.kind)) if value
+            )
+        )
     return 0
 
 
@@ -233,8 +305,20 @@ def cmd_cases_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0
-    for key in ("id", "kind", "status", "channel", "contact", "amount", "currency", "incident_at", "created_at",
-                "acknowledged_at", "review_due_at", "parent_id"):
+    for key in (
+        "id",
+        "kind",
+        "status",
+        "channel",
+        "contact",
+        "amount",
+        "currency",
+        "incident_at",
+        "created_at",
+        "acknowledged_at",
+        "review_due_at",
+        "parent_id",
+    ):
         print(f"{key:>16}: {data[key] if data[key] is not None else ''}")
     print(f"{'description':>16}: {data['description'] or ''}")
     for finding in data["findings"]:
@@ -262,8 +346,9 @@ def decide(args: argparse.Namespace, action) -> int:
     except DecisionError as exc:
         return fail(str(exc))
     case = done.case
-    print(f"{case.id} {case.status} by {agent}; "
-          f"letter to the customer queued (outbox {done.outbox_id}, {case.channel})")
+    print(
+        f"{case.id} {case.status} by {agent}; letter to the customer queued (outbox {done.outbox_id}, {case.channel})"
+    )
     return 0
 
 
@@ -293,8 +378,10 @@ def cmd_flag(args: argparse.Namespace) -> int:
     allowed = list(desk.policy.version_of(case).special.get("flags", ()))
     if not args.special and not args.clear:
         known = ", ".join(allowed) or "none"
-        return fail(f"name the flags to set with --special FLAG ({case.id}'s policy knows: {known}), "
-                    "or remove them all with --clear")
+        return fail(
+            f"name the flags to set with --special FLAG ({case.id}'s policy knows: {known}), "
+            "or remove them all with --clear"
+        )
     agent = acting_agent(args, db)
     try:
         chosen = set_special_flags(db, case.id, agent, args.special, allowed)
@@ -324,21 +411,30 @@ def cmd_queue(args: argparse.Namespace) -> int:
         return 0
     for item in items:
         amount = f"{item.amount or '-'} {item.currency or ''}".strip()
-        marks = " ".join(m for m in (
-            "OVERDUE" if item.overdue else "",
-            "due-soon" if item.due_soon else "",
-            "ACK-AT-RISK" if "ack_at_risk" in item.flags.get("sla", {}) else "",
-        ) if m)
-        print(f"{item.id}  {item.kind:<6}  {item.status:<17}  {item.channel:<8}  {amount:<14}  "
-              f"age {item.age_hours:6.1f} h  due {due_text(item, now):<16}  {marks}")
+        marks = " ".join(
+            m
+            for m in (
+                "OVERDUE" if item.overdue else "",
+                "due-soon" if item.due_soon else "",
+                "ACK-AT-RISK" if "ack_at_risk" in item.flags.get("sla", {}) else "",
+            )
+            if m
+        )
+        print(
+            f"{item.id}  {item.kind:<6}  {item.status:<17}  {item.channel:<8}  {amount:<14}  "
+            f"age {item.age_hours:6.1f} h  due {due_text(item, now):<16}  {marks}"
+        )
         for finding in item.blocking:
             print(f"    blocking [{finding['clause']}] {finding['message']}")
         if item.suggestion and item.suggestion["basis"] not in ("requested", "unknown"):
-            print(f"    suggested {item.suggestion['amount']} {item.suggestion['currency']} "
-                  f"({item.suggestion['clause']}): " + " ".join(item.suggestion["steps"]))
+            print(
+                f"    suggested {item.suggestion['amount']} {item.suggestion['currency']} "
+                f"({item.suggestion['clause']}): " + " ".join(item.suggestion["steps"])
+            )
         if item.parent_decided_by:
-            print(f"    appeal of {item.parent_id}, decided by {item.parent_decided_by}: "
-                  "another agent decides this one")
+            print(
+                f"    appeal of {item.parent_id}, decided by {item.parent_decided_by}: another agent decides this one"
+            )
     if not items:
         print(nothing_listed(db, filters))
     return 0
@@ -372,8 +468,10 @@ def cmd_sla(args: argparse.Namespace) -> int:
     ):
         percent = "n/a" if tally.percent is None else f"{tally.percent}%"
         median = tally.median_hours if tally.median_hours is not None else "-"
-        print(f"{title} {limit}: {percent}  (on time {tally.on_time}, late {tally.late}, missed {tally.missed}, "
-              f"still open {tally.pending}; median {median} h)")
+        print(
+            f"{title} {limit}: {percent}  (on time {tally.on_time}, late {tally.late}, missed {tally.missed}, "
+            f"still open {tally.pending}; median {median} h)"
+        )
     if result.open_overdue:
         print(f"overdue in the queue: {', '.join(result.open_overdue)}")
     return 0

@@ -1,12 +1,14 @@
 """What the console's app (web.py) and its pages (console_pages.py) both need at hand: the desk,
 the templates with their filters, the login brake, and database work off the event loop.
 """
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from importlib import resources
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jinja2
 from markupsafe import Markup
@@ -72,7 +74,11 @@ class Console:
         context.setdefault("error", None)
         flash = request.session.pop("flash", None) if signed_in(request) else None
         html = self.env.get_template(template).render(
-            request=request, agent=signed_in(request), csrf_token=csrf.token(request), flash=flash, now=utcnow(),
+            request=request,
+            agent=signed_in(request),
+            csrf_token=csrf.token(request),
+            flash=flash,
+            now=utcnow(),
             **context,
         )
         return HTMLResponse(html, http_status)

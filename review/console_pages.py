@@ -1,6 +1,7 @@
 """The console's pages behind the login: the queue, a case, its evidence, the decision forms
 and the dashboard. Each handler gets the signed-in agent's name from the guard in web.py.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,8 +62,18 @@ class Pages:
         more = len(items) > PAGE_SIZE
         items = items[:PAGE_SIZE]
         return self.console.page(
-            request, "queue.html", items=items, filters=filters, status=status, due_text=lambda item: due_text(item, now),
-            statuses=STATUSES, kinds=KINDS, channels=CHANNELS, total=total, more=more, first=(number - 1) * PAGE_SIZE + 1,
+            request,
+            "queue.html",
+            items=items,
+            filters=filters,
+            status=status,
+            due_text=lambda item: due_text(item, now),
+            statuses=STATUSES,
+            kinds=KINDS,
+            channels=CHANNELS,
+            total=total,
+            more=more,
+            first=(number - 1) * PAGE_SIZE + 1,
             previous_url=str(request.url.include_query_params(page=number - 1)) if number > 1 else None,
             next_url=str(request.url.include_query_params(page=number + 1)) if more else None,
         )
@@ -71,10 +82,16 @@ class Pages:
         now = utcnow()
         result = await self.console.in_db(lambda db: report(self.desk, db, now))
         return self.console.page(
-            request, "dashboard.html", report=result,
+            request,
+            "dashboard.html",
+            report=result,
             per_day_chart=charts.cases_per_day(result.per_day, names={c: label("channels", c) for c in CHANNELS}),
-            ack_chart=charts.times_against_limit("Acknowledgement time per case (hours)", result.ack_times, limit=result.ack_limit_hours),
-            review_chart=charts.times_against_limit("Review time per case against its due date (hours)", result.review_times, limit_key="allowed_hours"),
+            ack_chart=charts.times_against_limit(
+                "Acknowledgement time per case (hours)", result.ack_times, limit=result.ack_limit_hours
+            ),
+            review_chart=charts.times_against_limit(
+                "Review time per case against its due date (hours)", result.review_times, limit_key="allowed_hours"
+            ),
         )
 
     # --- a case --------------------------------------------------------------------------------
@@ -87,8 +104,15 @@ class Pages:
             raise HTTPException(404, f"no case {case_id}")
         blocked = bool(view["parent_decided_by"] and view["parent_decided_by"].casefold() == agent.casefold())
         return self.console.page(
-            request, "case.html", status, view=view, c=view["case"], four_eyes_blocked=blocked, error=error,
-            inline_types=INLINE_TYPES, due_overdue=view["overdue"],
+            request,
+            "case.html",
+            status,
+            view=view,
+            c=view["case"],
+            four_eyes_blocked=blocked,
+            error=error,
+            inline_types=INLINE_TYPES,
+            due_overdue=view["overdue"],
         )
 
     async def evidence(self, request: Request, agent: str) -> Response:
@@ -99,7 +123,9 @@ class Pages:
             raise HTTPException(404, "no such file")
 
         def look_up_and_log(db) -> dict[str, Any] | None:
-            row = db.execute("SELECT filename, content_type, size FROM evidence WHERE case_id = ? AND sha256 = ?", [case_id, sha256]).fetchone()
+            row = db.execute(
+                "SELECT filename, content_type, size FROM evidence WHERE case_id = ? AND sha256 = ?", [case_id, sha256]
+            ).fetchone()
             if row is None:
                 return None
             events.record(db, case_id, agent, "evidence_viewed", utcnow(), {"sha256": sha256, "filename": row[0]})
@@ -115,7 +141,11 @@ class Pages:
             media_type=found["content_type"] if inline else "application/octet-stream",
             filename=found["filename"],
             content_disposition_type="inline" if inline else "attachment",
-            headers={"content-security-policy": FILE_CSP, "x-content-type-options": "nosniff", "cache-control": "private, no-store"},
+            headers={
+                "content-security-policy": FILE_CSP,
+                "x-content-type-options": "nosniff",
+                "cache-control": "private, no-store",
+            },
         )
 
     async def act(self, request: Request, agent: str) -> Response:

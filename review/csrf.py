@@ -4,6 +4,7 @@ Every POST must carry the token of the session that rendered the form (compared 
 time), and a request whose Origin names another site is refused as well; the session cookie
 is SameSite=Lax on top. A GET never changes anything, so it needs no token.
 """
+
 from __future__ import annotations
 
 import hmac

@@ -6,6 +6,7 @@ Findings never decide money (both policies): these functions check only what the
 a hard limit for the agent: the amount cap (P302-13, PIF-5), the reason codes the policy knows
 (P302-12), and four eyes on appeals (the agent who decided a case does not decide its appeal).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,15 @@ class Decided:
     outbox_id: int
 
 
-def approve(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str, amount: str | Decimal, note: str = "", now: datetime | None = None) -> Decided:
+def approve(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    case_id: str,
+    agent: str,
+    amount: str | Decimal,
+    note: str = "",
+    now: datetime | None = None,
+) -> Decided:
     now = now or utcnow()
     agent, note = agent_name(agent), clean_text(note, "note")
     value = money(amount)
@@ -56,17 +65,57 @@ def approve(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str, amo
         requested = requested_amount(case, parent)
         cap_clause = version.decision.get("cap_clause", "")
         if requested is None:
-            raise DecisionError(f"{case.id} has no requested amount on record, so the cap ({cap_clause}) cannot be checked; ask the customer first")
+            raise DecisionError(
+                f"{case.id} has no requested amount on record, so the cap ({cap_clause}) cannot be checked; ask the customer first"
+            )
         if value > requested:
-            raise DecisionError(f"{value} exceeds the requested amount {requested}: only the abnormally consumed amount is refunded ({cap_clause})")
-        currency = case.fields.get("currency") or (parent.fields.get("currency") if parent else None) or desk.policy.currency
+            raise DecisionError(
+                f"{value} exceeds the requested amount {requested}: only the abnormally consumed amount is refunded ({cap_clause})"
+            )
+        currency = (
+            case.fields.get("currency") or (parent.fields.get("currency") if parent else None) or desk.policy.currency
+        )
         decided = case.evolve(status="approved", decided_at=now)
-        context = letters.approved(desk, version, decided, parent, amount=value, requested=requested, currency=currency, note=note, decided_at=now)
-        summary = {"amount": f"{value:.2f}", "requested": f"{requested:.2f}", "currency": currency, "note": note, "clause": cap_clause}
-        return finish(desk, db, decided, agent, "approved", summary, Reply("decision_approved", context, "decision"), now, amount=f"{value:.2f}")
+        context = letters.approved(
+            desk,
+            version,
+            decided,
+            parent,
+            amount=value,
+            requested=requested,
+            currency=currency,
+            note=note,
+            decided_at=now,
+        )
+        summary = {
+            "amount": f"{value:.2f}",
+            "requested": f"{requested:.2f}",
+            "currency": currency,
+            "note": note,
+            "clause": cap_clause,
+        }
+        return finish(
+            desk,
+            db,
+            decided,
+            agent,
+            "approved",
+            summary,
+            Reply("decision_approved", context, "decision"),
+            now,
+            amount=f"{value:.2f}",
+        )
 
 
-def reject(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str, reason_code: str, note: str = "", now: datetime | None = None) -> Decided:
+def reject(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    case_id: str,
+    agent: str,
+    reason_code: str,
+    note: str = "",
+    now: datetime | None = None,
+) -> Decided:
     now = now or utcnow()
     agent, note = agent_name(agent), clean_text(note, "note")
     with transaction(db):
@@ -79,12 +128,23 @@ def reject(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str, reas
             raise DecisionError(f"unknown reason {reason_code!r}; the policy's reasons are: {known}")
         clause = version.reject_reasons[reason_code]
         decided = case.evolve(status="rejected", decided_at=now)
-        context = letters.rejected(desk, version, decided, parent, reason=reason_code, clause=clause, note=note, decided_at=now)
-        summary = {"reason": reason_code, "clause": clause, "note": note, **{k: context["decision"][k] for k in ("reapply_deadline", "appeal_deadline")}}
-        return finish(desk, db, decided, agent, "rejected", summary, Reply("decision_rejected", context, "decision"), now)
+        context = letters.rejected(
+            desk, version, decided, parent, reason=reason_code, clause=clause, note=note, decided_at=now
+        )
+        summary = {
+            "reason": reason_code,
+            "clause": clause,
+            "note": note,
+            **{k: context["decision"][k] for k in ("reapply_deadline", "appeal_deadline")},
+        }
+        return finish(
+            desk, db, decided, agent, "rejected", summary, Reply("decision_rejected", context, "decision"), now
+        )
 
 
-def request_info(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str, message: str, now: datetime | None = None) -> Decided:
+def request_info(
+    desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str, message: str, now: datetime | None = None
+) -> Decided:
     """Ask the customer for more; their answer, by mail or in chat, puts the case back in the queue."""
     now = now or utcnow()
     agent, message = agent_name(agent), clean_text(message, "message")
@@ -95,14 +155,32 @@ def request_info(desk: Desk, db: sqlite_utils.Database, case_id: str, agent: str
         asked = case.evolve(status="awaiting_customer")
         case_store.set_status(db, case.id, "awaiting_customer", now)
         events.record(db, case.id, agent, "info_requested", now, {"message": message})
-        outbox_id = enqueue_reply(desk, db, asked, Reply("request_info", letters.info_request(desk, asked, message), "decision"), None, now)
+        outbox_id = enqueue_reply(
+            desk, db, asked, Reply("request_info", letters.info_request(desk, asked, message), "decision"), None, now
+        )
         return Decided(asked, outbox_id)
 
 
-def finish(desk: Desk, db: sqlite_utils.Database, decided: Case, agent: str, action: str, summary: dict[str, Any], reply: Reply, now: datetime, amount: str | None = None) -> Decided:
+def finish(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    decided: Case,
+    agent: str,
+    action: str,
+    summary: dict[str, Any],
+    reply: Reply,
+    now: datetime,
+    amount: str | None = None,
+) -> Decided:
     case_store.set_status(
-        db, decided.id, decided.status, now,
-        decided_at=now, decided_by=agent, decided_amount=amount, decision=json.dumps({"outcome": action, **summary}, ensure_ascii=False),
+        db,
+        decided.id,
+        decided.status,
+        now,
+        decided_at=now,
+        decided_by=agent,
+        decided_amount=amount,
+        decision=json.dumps({"outcome": action, **summary}, ensure_ascii=False),
     )
     events.record(db, decided.id, agent, action, now, summary)
     outbox_id = enqueue_reply(desk, db, decided, reply, None, now)
@@ -129,7 +207,9 @@ def check_four_eyes(db: sqlite_utils.Database, case: Case, agent: str) -> None:
         return
     first = decided_by(db, case.parent_id)
     if first and first.casefold() == agent.casefold():
-        raise DecisionError(f"{agent} decided {case.parent_id}, so another agent must decide its appeal {case.id} (four eyes)")
+        raise DecisionError(
+            f"{agent} decided {case.parent_id}, so another agent must decide its appeal {case.id} (four eyes)"
+        )
 
 
 def decided_by(db: sqlite_utils.Database, case_id: str) -> str | None:
@@ -186,7 +266,14 @@ def clean_text(text: str | None, what: str) -> str:
     return text
 
 
-def set_special_flags(db: sqlite_utils.Database, case_id: str, agent: str, flags: list[str], allowed: list[str], now: datetime | None = None) -> list[str]:
+def set_special_flags(
+    db: sqlite_utils.Database,
+    case_id: str,
+    agent: str,
+    flags: list[str],
+    allowed: list[str],
+    now: datetime | None = None,
+) -> list[str]:
     """PIF-9 special consideration, as the agent sees it: recorded and shown, with no automatic effect."""
     now = now or utcnow()
     agent = agent_name(agent)

@@ -4,13 +4,15 @@ One row per approved refund decided in the period, dates read as local days in t
 time zone, both ends included. Cells that a spreadsheet would run as a formula are quoted
 with a leading apostrophe: customer text must never become a formula in accounting's Excel.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections.abc import Iterable, Iterator
 from datetime import date, datetime, time, timedelta
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, TextIO
 
 import sqlite_utils
 
@@ -19,8 +21,21 @@ from refunddesk.progress import Progress
 from refunddesk.store.clock import parse_stamp, stamp
 
 COLUMNS = (
-    "case_id", "kind", "parent_id", "decided_at", "decided_by", "contact", "account_id", "channel",
-    "reason", "payment_method", "requested_amount", "refund_amount", "currency", "policy_version", "note",
+    "case_id",
+    "kind",
+    "parent_id",
+    "decided_at",
+    "decided_by",
+    "contact",
+    "account_id",
+    "channel",
+    "reason",
+    "payment_method",
+    "requested_amount",
+    "refund_amount",
+    "currency",
+    "policy_version",
+    "note",
 )
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 APPROVED_WITHIN = "c.status = 'approved' AND c.decided_at >= ? AND c.decided_at < ?"
@@ -42,7 +57,10 @@ def statement_rows(desk: Desk, db: sqlite_utils.Database, first: date, last: dat
 
 
 def statement(
-    desk: Desk, db: sqlite_utils.Database, first: date, last: date,
+    desk: Desk,
+    db: sqlite_utils.Database,
+    first: date,
+    last: date,
 ) -> tuple[int, Iterator[dict[str, Any]]]:
     """How many refunds the period has, and their rows one at a time: a year of them is never all
     in memory. Raises ValueError for a period that ends before it starts, before anything is read."""

@@ -4,14 +4,16 @@ use, and times written with their zone.
 The labels are data, in templates/console/labels.toml beside the console's pages. A key without
 a label (a code in an operator's own policy file, say) is shown as its words, never hidden.
 """
+
 from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from functools import cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 # Details shown inside another's row: the currency with the amount, and the flag that says
 # incident_at is a day without a time of day.

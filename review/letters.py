@@ -5,6 +5,7 @@ amount and its cap clause (P302-13, PIF-5), how and when the money arrives (P302
 the specific reason with its clause, and the re-application and appeal deadlines as dates on
 the policy's working-day calendar (P302-12, PIF-8).
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -50,21 +51,29 @@ def deadline(desk: Desk, start: datetime | None, length: int, unit: str, decided
     return local_date(desk, window_deadline(desk.calendar, desk.policy.timezone, start or decided_at, length, unit).at)
 
 
-def appeal_deadline(desk: Desk, version: PolicyVersion, case: Case, parent: Case | None, decided_at: datetime) -> tuple[str | None, str]:
+def appeal_deadline(
+    desk: Desk, version: PolicyVersion, case: Case, parent: Case | None, decided_at: datetime
+) -> tuple[str | None, str]:
     """PIF-8 / P302-12: the last day to appeal this decision. None for a decision on an appeal."""
     terms = version.decision
     if case.kind == "appeal" or "appeal_window_days" not in terms:
         return None, terms.get("appeal_clause", "")
     start = origin(terms.get("appeal_from", "decision"), case, parent, decided_at)
-    return deadline(desk, start, int(terms["appeal_window_days"]), terms.get("appeal_unit", "calendar_days"), decided_at), terms.get("appeal_clause", "")
+    return deadline(
+        desk, start, int(terms["appeal_window_days"]), terms.get("appeal_unit", "calendar_days"), decided_at
+    ), terms.get("appeal_clause", "")
 
 
-def reapply_deadline(desk: Desk, version: PolicyVersion, case: Case, parent: Case | None, decided_at: datetime) -> tuple[str | None, str]:
+def reapply_deadline(
+    desk: Desk, version: PolicyVersion, case: Case, parent: Case | None, decided_at: datetime
+) -> tuple[str | None, str]:
     """P302-12: the last day to apply again with more material, when the policy has such a window."""
     window = next((w for w in version.windows if w.code == "reapply"), None)
     if window is None or case.kind == "appeal":
         return None, window.clause if window else ""
-    return deadline(desk, origin(window.origin, case, parent, decided_at), window.length, window.unit, decided_at), window.clause
+    return deadline(
+        desk, origin(window.origin, case, parent, decided_at), window.length, window.unit, decided_at
+    ), window.clause
 
 
 def worded(terms: dict[str, Any], key: str, language: str) -> Any:
@@ -93,7 +102,9 @@ def approved(
     method_spec = version.field("payment_method")
     minimum = version.limits.get("minimum_refund")
     partial = amount < requested
-    appeal_by, appeal_clause = appeal_deadline(desk, version, case, parent, decided_at) if partial else (None, terms.get("appeal_clause", ""))
+    appeal_by, appeal_clause = (
+        appeal_deadline(desk, version, case, parent, decided_at) if partial else (None, terms.get("appeal_clause", ""))
+    )
     context = base(desk, case)
     context["decision"] = {
         "outcome": "approved",

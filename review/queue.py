@@ -6,6 +6,7 @@ letters are left out: their boilerplate would match every case), Chinese include
 "扣了两次" or "timeout" match inside longer text), and shorter terms ("退款", "ok") fall back
 to LIKE, because a trigram index cannot answer them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,7 +76,15 @@ class QueueItem:
         return data
 
 
-def list_queue(desk: Desk, db: sqlite_utils.Database, now: datetime, filters: Filters = Filters(), *, limit: int | None = None, offset: int = 0) -> list[QueueItem]:
+def list_queue(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    now: datetime,
+    filters: Filters = Filters(),
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[QueueItem]:
     """The cases the filters select, most urgent first; `limit` and `offset` give one page."""
     chosen, params = page_of(db, filters, limit, offset)
     # The page's ids first, in index order; the rest of the row, the parent and the pending
@@ -159,7 +168,15 @@ class Walk:
 
     CHUNK = 250  # cases checked per statement: at most one chunk is read past the page's end
 
-    def __init__(self, db: sqlite_utils.Database, where: str, params: list[Any], condition: str, condition_params: list[Any], wanted: int):
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        where: str,
+        params: list[Any],
+        condition: str,
+        condition_params: list[Any],
+        wanted: int,
+    ):
         self.db, self.where, self.params = db, where, params
         self.condition, self.condition_params = condition, condition_params
         self.wanted = wanted
@@ -175,14 +192,22 @@ class Walk:
     def read_until(self, position: int) -> None:
         while not self.done and self.read < position:
             size = min(self.CHUNK, position - self.read)
-            rowids = [r[0] for r in self.db.execute(f"SELECT c.rowid FROM cases c {self.where} ORDER BY {ORDER} LIMIT {size} OFFSET {self.read}", self.params)]
+            rowids = [
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT c.rowid FROM cases c {self.where} ORDER BY {ORDER} LIMIT {size} OFFSET {self.read}",
+                    self.params,
+                )
+            ]
             self.read += len(rowids)
             self.exhausted = len(rowids) < size
             if rowids:
-                hits = dict(self.db.execute(
-                    f"SELECT c.rowid, c.id FROM cases c WHERE c.rowid IN (SELECT value FROM json_each(?)) AND {self.condition}",
-                    [json.dumps(rowids), *self.condition_params],
-                ).fetchall())
+                hits = dict(
+                    self.db.execute(
+                        f"SELECT c.rowid, c.id FROM cases c WHERE c.rowid IN (SELECT value FROM json_each(?)) AND {self.condition}",
+                        [json.dumps(rowids), *self.condition_params],
+                    ).fetchall()
+                )
                 self.found += [hits[r] for r in rowids if r in hits][: self.wanted - len(self.found)]
 
 
@@ -209,7 +234,10 @@ def index_count(db: sqlite_utils.Database, term: str) -> int:
     A case's description is most often its customer's own words, so the two overlap; their
     sum would count such a case twice and halve the walk's estimate."""
     phrase = fts_phrase(term)
-    return max(db.execute(f"SELECT count(*) FROM {fts} WHERE {fts} MATCH ?", [phrase]).fetchone()[0] for fts in ("cases_fts", "messages_fts"))
+    return max(
+        db.execute(f"SELECT count(*) FROM {fts} WHERE {fts} MATCH ?", [phrase]).fetchone()[0]
+        for fts in ("cases_fts", "messages_fts")
+    )
 
 
 def count_queue(db: sqlite_utils.Database, filters: Filters = Filters()) -> int:
@@ -232,7 +260,9 @@ def selection(filters: Filters) -> tuple[str, list[Any]]:
         params.append(filters.channel)
     if filters.agent:
         # An agent's cases: the ones they decided or acted on (asked, flagged, viewed evidence).
-        clauses.append("(c.decided_by = ? OR c.id IN (SELECT case_id FROM events WHERE actor = ? AND case_id IS NOT NULL))")
+        clauses.append(
+            "(c.decided_by = ? OR c.id IN (SELECT case_id FROM events WHERE actor = ? AND case_id IS NOT NULL))"
+        )
         params += [filters.agent, filters.agent]
     for term in terms_of(filters.search):
         sql, term_params = matching_cases(term)
@@ -251,7 +281,9 @@ def item_of(desk: Desk, db: sqlite_utils.Database, row: dict[str, Any], now: dat
         parent_rows = list(db.query("SELECT * FROM cases WHERE id = ?", [case.parent_id]))
         parent = case_from_row(parent_rows[0]) if parent_rows else None
     version = desk.policy.version_of(case)
-    suggestion = suggest(case, version, desk.policy.currency, parent).to_dict() if case.kind == "refund" or parent else None
+    suggestion = (
+        suggest(case, version, desk.policy.currency, parent).to_dict() if case.kind == "refund" or parent else None
+    )
     return QueueItem(
         id=case.id,
         kind=case.kind,
@@ -365,4 +397,3 @@ def due_text(item: QueueItem, now: datetime) -> str:
         return "-"
     hours = (item.review_due_at - now).total_seconds() / 3600
     return f"overdue {-hours:.1f} h" if hours < 0 else f"in {hours:.1f} h"
-

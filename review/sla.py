@@ -7,6 +7,7 @@ acknowledgement undelivered as its promise nears (or failed for good), and revie
 date is near or past. Raising means an event in the log and a flag on the case that the queue
 shows; each is raised once. Every function takes `now`, so tests move the clock.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,8 @@ from refunddesk.store.clock import parse_stamp, stamp, utcnow
 from refunddesk.store.db import transaction
 
 log = logging.getLogger("refunddesk.sla")
-ACK_WARN_BEFORE = timedelta(hours=4)      # raise when less than this is left of the 24-hour promise
-REVIEW_WARN_BEFORE = timedelta(hours=8)   # raise a review due within this
+ACK_WARN_BEFORE = timedelta(hours=4)  # raise when less than this is left of the 24-hour promise
+REVIEW_WARN_BEFORE = timedelta(hours=8)  # raise a review due within this
 SCAN_SECONDS = 30
 ACTOR = "sla-watch"
 
@@ -61,7 +62,9 @@ def raise_acknowledgements(desk: Desk, db: sqlite_utils.Database, now: datetime)
             "failed_for_good": row["status"] == "failed",
         }
         with transaction(db):
-            claimed = db.execute("UPDATE outbox SET escalated_at = ? WHERE id = ? AND escalated_at IS NULL", [stamp(now), row["id"]]).rowcount
+            claimed = db.execute(
+                "UPDATE outbox SET escalated_at = ? WHERE id = ? AND escalated_at IS NULL", [stamp(now), row["id"]]
+            ).rowcount
             if not claimed:
                 continue
             flag(db, row["case_id"], "ack_at_risk", {**detail, "raised_at": now.isoformat()})
@@ -106,7 +109,9 @@ def flag(db: sqlite_utils.Database, case_id: str, what: str, detail: dict[str, A
 
 
 def retries_due(db: sqlite_utils.Database, now: datetime) -> bool:
-    row = db.execute("SELECT 1 FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? LIMIT 1", [stamp(now)]).fetchone()
+    row = db.execute(
+        "SELECT 1 FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? LIMIT 1", [stamp(now)]
+    ).fetchone()
     return row is not None
 
 
@@ -119,7 +124,9 @@ async def watch(desk: Desk, stopping: threading.Event, outbound_wake: threading.
                 now = utcnow()
                 raised = await asyncio.to_thread(scan, desk, db, now)
                 for item in raised:
-                    log.warning("SLA: %s on %s (%s)", item["what"], item["case_id"], item.get("due") or item.get("promised_by"))
+                    log.warning(
+                        "SLA: %s on %s (%s)", item["what"], item["case_id"], item.get("due") or item.get("promised_by")
+                    )
                 if await asyncio.to_thread(retries_due, db, now):
                     outbound_wake.set()
             except Exception:

@@ -7,6 +7,7 @@ moment the dialog completed: the chat answers every message at once, and its ack
 is the "your request is complete" message. A review counts as done at the agent's first
 answer: a decision or a request for more information.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -29,8 +30,8 @@ AGENT_ANSWERS = ("approved", "rejected", "info_requested")
 class Compliance:
     on_time: int = 0
     late: int = 0
-    missed: int = 0      # promise passed, still not done
-    pending: int = 0     # not done, promise still open
+    missed: int = 0  # promise passed, still not done
+    pending: int = 0  # not done, promise still open
     median_hours: float | None = None
 
     @property
@@ -80,15 +81,28 @@ def report(desk: Desk, db: sqlite_utils.Database, now: datetime, days: int = 30)
             answered = answers.get(row["id"])
             judge(review, answered, due, now)
             if answered:
-                review_times.append({"case_id": row["id"], "hours": hours(answered - completed), "allowed_hours": hours(due - completed)})
+                review_times.append(
+                    {
+                        "case_id": row["id"],
+                        "hours": hours(answered - completed),
+                        "allowed_hours": hours(due - completed),
+                    }
+                )
             elif due < now and row["status"] == "queued":
                 overdue.append(row["id"])
     ack.median_hours = round(median(t["hours"] for t in ack_times), 2) if ack_times else None
     review.median_hours = round(median(t["hours"] for t in review_times), 2) if review_times else None
     return SlaReport(
-        since=start.isoformat(), until=now.isoformat(), cases=len(rows), ack_limit_hours=hours(limit),
-        acknowledgement=ack, review=review, open_overdue=overdue,
-        per_day=per_day(desk, rows, now, min(days, 14)), ack_times=ack_times[-50:], review_times=review_times[-50:],
+        since=start.isoformat(),
+        until=now.isoformat(),
+        cases=len(rows),
+        ack_limit_hours=hours(limit),
+        acknowledgement=ack,
+        review=review,
+        open_overdue=overdue,
+        per_day=per_day(desk, rows, now, min(days, 14)),
+        ack_times=ack_times[-50:],
+        review_times=review_times[-50:],
     )
 
 

@@ -7,6 +7,7 @@ interruptions, minus the payment platform's fee, and never a single refund under
 suggestion there is the requested amount, which is also the cap. The agent decides; this only
 shows the sums, step by step, so they can be checked.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ class Suggestion:
         }
 
 
-def suggest(case: Case, version: PolicyVersion, currency: str, parent: Case | None = None, fee: Decimal | None = None) -> Suggestion:
+def suggest(
+    case: Case, version: PolicyVersion, currency: str, parent: Case | None = None, fee: Decimal | None = None
+) -> Suggestion:
     fields = {**(parent.fields if parent else {}), **case.fields}
     currency = fields.get("currency") or currency
     paid = decimal(fields.get("amount"))
@@ -50,7 +53,15 @@ def suggest(case: Case, version: PolicyVersion, currency: str, parent: Case | No
         clause = version.decision.get("cap_clause", "")
         if paid is None:
             return Suggestion(None, currency, "unknown", ("No requested amount on record.",), clause)
-        return Suggestion(paid, currency, "requested", (f"Only the abnormally consumed amount is refunded: at most the requested {paid:.2f} {currency} ({clause}).",), clause)
+        return Suggestion(
+            paid,
+            currency,
+            "requested",
+            (
+                f"Only the abnormally consumed amount is refunded: at most the requested {paid:.2f} {currency} ({clause}).",
+            ),
+            clause,
+        )
 
     clause = limits.get("minimum_clause", "")
     if paid is None:
@@ -67,12 +78,16 @@ def suggest(case: Case, version: PolicyVersion, currency: str, parent: Case | No
         steps.append(f"Minus the payment platform's processing fee {fee:.2f} = {value:.2f} {currency}.")
     minimum = decimal(str(limits["minimum_refund"])) or Decimal("0")
     if value < minimum:
-        steps.append(f"{value:.2f} is under the minimum single refund of {minimum:.2f}: pay 0.00 now; it accumulates to the next refund.")
+        steps.append(
+            f"{value:.2f} is under the minimum single refund of {minimum:.2f}: pay 0.00 now; it accumulates to the next refund."
+        )
         value = Decimal("0.00")
     return Suggestion(value, currency, basis, tuple(steps), clause)
 
 
-def prorate(fields: dict[str, str], paid: Decimal, currency: str, asked_at: datetime | None, steps: list[str]) -> tuple[str, Decimal]:
+def prorate(
+    fields: dict[str, str], paid: Decimal, currency: str, asked_at: datetime | None, steps: list[str]
+) -> tuple[str, Decimal]:
     purchase = moment(fields.get("purchase_at"))
     used_pct = decimal(fields.get("quota_used_pct"))
     reason = fields.get("reason")
@@ -80,19 +95,27 @@ def prorate(fields: dict[str, str], paid: Decimal, currency: str, asked_at: date
     if reason in OUTAGE_REASONS and hours is not None:
         period_hours = PERIOD_DAYS * 24
         share = min(hours, Decimal(period_hours))
-        steps.append(f"Partial refund for the interruption: {paid:.2f} x {share} h / {period_hours} h = {paid * share / period_hours:.2f} {currency}.")
+        steps.append(
+            f"Partial refund for the interruption: {paid:.2f} x {share} h / {period_hours} h = {paid * share / period_hours:.2f} {currency}."
+        )
         return "outage", paid * share / period_hours
     if purchase is not None and asked_at is not None:
         since = asked_at - purchase
         if reason == "mistaken_purchase" and since <= FULL_REFUND_WINDOW and (used_pct is None or used_pct == 0):
-            steps.append(f"Full refund: asked {hours_of(since)} h after purchase (within 24 h) and unused: {paid:.2f} {currency}.")
+            steps.append(
+                f"Full refund: asked {hours_of(since)} h after purchase (within 24 h) and unused: {paid:.2f} {currency}."
+            )
             return "full", paid
         used_days = min(PERIOD_DAYS, max(0, math.ceil(since.total_seconds() / 86400)))
         remaining = PERIOD_DAYS - used_days
         value = paid * remaining / PERIOD_DAYS
-        steps.append(f"Prorated by remaining days: {paid:.2f} x {remaining} / {PERIOD_DAYS} days = {value:.2f} {currency} ({used_days} days since purchase).")
+        steps.append(
+            f"Prorated by remaining days: {paid:.2f} x {remaining} / {PERIOD_DAYS} days = {value:.2f} {currency} ({used_days} days since purchase)."
+        )
         return "prorated", value
-    steps.append(f"No purchase date on record: starting from the full {paid:.2f} {currency}; check the service period used.")
+    steps.append(
+        f"No purchase date on record: starting from the full {paid:.2f} {currency}; check the service period used."
+    )
     return "unknown", paid
 
 

@@ -6,6 +6,7 @@ sanitizer still could not run. Sessions are signed cookies (HttpOnly, SameSite=L
 form carries a CSRF token. Database work runs in worker threads, never on the event loop that
 also drives the outbox senders.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,17 @@ from refunddesk.store.clock import utcnow
 
 from . import csrf
 from .agents import MIN_PASSWORD, any_active, verify
-from .auth import client_of, open_session, revoke_session, session_id, session_valid, sign_in, sign_out, signed_in, signing_key
+from .auth import (
+    client_of,
+    open_session,
+    revoke_session,
+    session_id,
+    session_valid,
+    sign_in,
+    sign_out,
+    signed_in,
+    signing_key,
+)
 from .console import Console
 from .console_pages import Pages
 
@@ -112,11 +123,17 @@ def create_app(desk: Desk, secret_key: str) -> Starlette:
         client = client_of(request)
         wait = console.throttle.attempt(name, client)  # counted now, before the verdict: concurrent guesses count
         if wait > 0:
-            await console.in_db(lambda db: events.record(db, None, "console", "login_throttled", utcnow(), {"name": name, "client": client}))
+            await console.in_db(
+                lambda db: events.record(
+                    db, None, "console", "login_throttled", utcnow(), {"name": name, "client": client}
+                )
+            )
             error = f"Too many failed attempts. Try again in {int(wait) + 1} seconds."
             return await login_page(request, 429, name=name, next=target, error=error)
         if console.verifications_waiting >= MAX_WAITING_VERIFICATIONS:
-            return await login_page(request, 429, name=name, next=target, error="The console is busy. Try again in a moment.")
+            return await login_page(
+                request, 429, name=name, next=target, error="The console is busy. Try again in a moment."
+            )
         console.verifications_waiting += 1
         try:
             async with console.verifying:  # argon2 takes 19 MiB and ~30 ms a check: two at a time
@@ -124,7 +141,11 @@ def create_app(desk: Desk, secret_key: str) -> Starlette:
         finally:
             console.verifications_waiting -= 1
         if not good:
-            await console.in_db(lambda db: events.record(db, None, "console", "login_failed", utcnow(), {"name": name, "client": client}))
+            await console.in_db(
+                lambda db: events.record(
+                    db, None, "console", "login_failed", utcnow(), {"name": name, "client": client}
+                )
+            )
             return await login_page(request, 401, name=name, next=target, error="Wrong name or password.")
         console.throttle.succeeded(name, client)
         sid = await console.in_db(open_session, name, utcnow())
@@ -163,7 +184,14 @@ def create_app(desk: Desk, secret_key: str) -> Starlette:
     ]
     middleware = [
         Middleware(SecurityHeaders),
-        Middleware(SessionMiddleware, secret_key=secret_key, session_cookie=SESSION_COOKIE, max_age=SESSION_MAX_AGE, same_site="lax", https_only=desk.config.console.https_only),
+        Middleware(
+            SessionMiddleware,
+            secret_key=secret_key,
+            session_cookie=SESSION_COOKIE,
+            max_age=SESSION_MAX_AGE,
+            same_site="lax",
+            https_only=desk.config.console.https_only,
+        ),
     ]
     return Starlette(routes=routes, middleware=middleware)
 
@@ -184,7 +212,7 @@ class RunningConsole:
         self.server.should_exit = True
         try:
             await asyncio.wait_for(self.task, 10)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             self.task.cancel()
 
 
@@ -198,7 +226,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise RuntimeError(f"the console cannot listen on {host}:{port}: {exc} (check console.host/console.port)") from exc
+        raise RuntimeError(
+            f"the console cannot listen on {host}:{port}: {exc} (check console.host/console.port)"
+        ) from exc
     return sock
 
 
@@ -210,9 +240,18 @@ async def start_console(desk: Desk) -> RunningConsole:
     # X-Forwarded-For is believed only from `desk.trusted_proxies` (none by default): uvicorn's
     # own default trusted 127.0.0.1, so anyone on the host could pick their address.
     proxies = desk.config.desk.trusted_proxies
-    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, server_header=False,
-                                        timeout_graceful_shutdown=5, proxy_headers=bool(proxies),
-                                        forwarded_allow_ips=",".join(proxies) or None))
+    server = QuietServer(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=",".join(proxies) or None,
+        )
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
@@ -220,4 +259,3 @@ async def start_console(desk: Desk) -> RunningConsole:
             raise RuntimeError("the console stopped while starting")
         await asyncio.sleep(0.02)
     return RunningConsole(server, task)
-

@@ -1,9 +1,11 @@
 """Cases, their messages and the message IDs that thread email replies to them."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 import sqlite_utils
 
@@ -106,11 +108,15 @@ def cases_of_contact(db: sqlite_utils.Database, contact: str) -> list[Case]:
 
 
 def count_recent_requests(db: sqlite_utils.Database, contact: str, since: datetime) -> int:
-    (count,) = db.execute("SELECT count(*) FROM cases WHERE contact = ? AND created_at >= ?", [contact, stamp(since)]).fetchone()
+    (count,) = db.execute(
+        "SELECT count(*) FROM cases WHERE contact = ? AND created_at >= ?", [contact, stamp(since)]
+    ).fetchone()
     return count
 
 
-def list_cases(db: sqlite_utils.Database, *, status: str | None = None, kind: str | None = None, limit: int | None = None) -> list[Case]:
+def list_cases(
+    db: sqlite_utils.Database, *, status: str | None = None, kind: str | None = None, limit: int | None = None
+) -> list[Case]:
     clauses, params = [], []
     if status:
         clauses.append("status = ?")
@@ -140,7 +146,19 @@ def add_message(
 ) -> int:
     cursor = db.execute(
         "INSERT INTO messages (case_id, direction, channel, at, sender, subject, text, html, inbound_id, outbox_id, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        [case_id, direction, channel, stamp(at), sender, subject, text, html, inbound_id, outbox_id, json.dumps(meta or {}, ensure_ascii=False)],
+        [
+            case_id,
+            direction,
+            channel,
+            stamp(at),
+            sender,
+            subject,
+            text,
+            html,
+            inbound_id,
+            outbox_id,
+            json.dumps(meta or {}, ensure_ascii=False),
+        ],
     )
     return cursor.lastrowid
 
@@ -151,7 +169,9 @@ def messages_of(db: sqlite_utils.Database, case_id: str) -> list[dict[str, Any]]
 
 def remember_message_id(db: sqlite_utils.Database, message_id: str, case_id: str) -> None:
     if message_id:
-        db.execute("INSERT OR IGNORE INTO message_ids (message_id, case_id) VALUES (?, ?)", [message_id.strip("<> "), case_id])
+        db.execute(
+            "INSERT OR IGNORE INTO message_ids (message_id, case_id) VALUES (?, ?)", [message_id.strip("<> "), case_id]
+        )
 
 
 def case_for_message_ids(db: sqlite_utils.Database, message_ids: Iterable[str]) -> str | None:

@@ -10,12 +10,14 @@ do it for their clients).
 A piece that fails gets its own exception and leaves nothing behind; if the commit fails,
 every caller of the group gets that failure, and nothing of the group is stored.
 """
+
 from __future__ import annotations
 
 import asyncio
 import queue
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlite_utils
 

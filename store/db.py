@@ -13,6 +13,7 @@ take turns with flock(2) on a file beside the database, polled every half millis
 worker's pauses between two messages are a few milliseconds long). Other processes, and
 writers that take no turns, still meet SQLite's busy timeout as before.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,8 @@ import fcntl
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import sqlite_utils
 

@@ -1,4 +1,5 @@
 """The audit log: who did what to which case, when. Append-only (enforced by triggers)."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,14 @@ import sqlite_utils
 from .clock import stamp
 
 
-def record(db: sqlite_utils.Database, case_id: str | None, actor: str, action: str, at: datetime, data: dict[str, Any] | None = None) -> None:
+def record(
+    db: sqlite_utils.Database,
+    case_id: str | None,
+    actor: str,
+    action: str,
+    at: datetime,
+    data: dict[str, Any] | None = None,
+) -> None:
     db.execute(
         "INSERT INTO events (at, case_id, actor, action, data) VALUES (?, ?, ?, ?, ?)",
         [stamp(at), case_id, actor, action, json.dumps(data or {}, ensure_ascii=False, default=str)],

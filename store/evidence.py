@@ -4,6 +4,7 @@ The customer's file name is only metadata: on disk a file is named by its sha256
 a customer chooses (`../`, absolute paths, NUL, right-to-left overrides) can steer a write.
 Writes go to a temporary file and are renamed into place, so a crash leaves no half file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -136,7 +137,13 @@ def attach(
 
 
 def cases_with_file(db: sqlite_utils.Database, sha256: str, except_case: str) -> tuple[str, ...]:
-    return tuple(r[0] for r in db.execute("SELECT DISTINCT case_id FROM evidence WHERE sha256 = ? AND case_id != ? ORDER BY case_id", [sha256, except_case]))
+    return tuple(
+        r[0]
+        for r in db.execute(
+            "SELECT DISTINCT case_id FROM evidence WHERE sha256 = ? AND case_id != ? ORDER BY case_id",
+            [sha256, except_case],
+        )
+    )
 
 
 def referenced_paths(db: sqlite_utils.Database) -> set[str]:

@@ -3,6 +3,7 @@
 Senders pick due rows, deliver, and record the result; a failed delivery is retried with
 exponential back-off. A row is never deleted: it is the record of what the customer was told.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,19 @@ def enqueue(
     cursor = db.execute(
         "INSERT INTO outbox (case_id, channel, recipient, kind, template, language, subject, body, buttons, headers, status, created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [
-            case_id, channel, recipient, kind, template, language, subject, body,
-            json.dumps(buttons or [], ensure_ascii=False), json.dumps(headers or {}, ensure_ascii=False),
-            status, stamp(now), stamp(now),
+            case_id,
+            channel,
+            recipient,
+            kind,
+            template,
+            language,
+            subject,
+            body,
+            json.dumps(buttons or [], ensure_ascii=False),
+            json.dumps(headers or {}, ensure_ascii=False),
+            status,
+            stamp(now),
+            stamp(now),
         ],
     )
     return cursor.lastrowid
@@ -51,8 +62,9 @@ def decode(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def due(db: sqlite_utils.Database, channel: str, now: datetime, limit: int = 50,
-        per_recipient: int = RECIPIENT_TURN) -> list[dict[str, Any]]:
+def due(
+    db: sqlite_utils.Database, channel: str, now: datetime, limit: int = 50, per_recipient: int = RECIPIENT_TURN
+) -> list[dict[str, Any]]:
     """The oldest due rows, at most `per_recipient` of any one recipient (its oldest, in order):
     a recipient with a backlog takes its turn beside the others instead of filling the pass. A
     chat that sent 1,000 messages had 600 replies due, and a new customer's welcome waited 2 s
@@ -78,15 +90,29 @@ def mark_sent(db: sqlite_utils.Database, outbox_id: int, now: datetime) -> bool:
     return bool(cursor.rowcount)
 
 
-def mark_failed(db: sqlite_utils.Database, outbox_id: int, now: datetime, error: str, *, permanent: bool = False,
-                delay: float | None = None, attempted: bool = True) -> None:
+def mark_failed(
+    db: sqlite_utils.Database,
+    outbox_id: int,
+    now: datetime,
+    error: str,
+    *,
+    permanent: bool = False,
+    delay: float | None = None,
+    attempted: bool = True,
+) -> None:
     """A failed try, or (`attempted=False`) one the sender held back without calling the
     transport: `attempts` counts only what reached it."""
     (attempts,) = db.execute("SELECT attempts FROM outbox WHERE id = ?", [outbox_id]).fetchone()
     wait = delay if delay is not None else BACKOFF_SECONDS[min(attempts, len(BACKOFF_SECONDS) - 1)]
     db.execute(
         "UPDATE outbox SET attempts = attempts + ?, last_error = ?, next_attempt_at = ?, status = ? WHERE id = ?",
-        [int(attempted), error[:500], stamp(now + timedelta(seconds=wait)), "failed" if permanent else "pending", outbox_id],
+        [
+            int(attempted),
+            error[:500],
+            stamp(now + timedelta(seconds=wait)),
+            "failed" if permanent else "pending",
+            outbox_id,
+        ],
     )
 
 
@@ -103,5 +129,7 @@ def for_case(db: sqlite_utils.Database, case_id: str) -> list[dict[str, Any]]:
 
 
 def next_due_at(db: sqlite_utils.Database, channel: str) -> datetime | None:
-    row = db.execute("SELECT min(next_attempt_at) FROM outbox WHERE channel = ? AND status = 'pending'", [channel]).fetchone()
+    row = db.execute(
+        "SELECT min(next_attempt_at) FROM outbox WHERE channel = ? AND status = 'pending'", [channel]
+    ).fetchone()
     return parse_stamp(row[0]) if row and row[0] else None

@@ -1,4 +1,5 @@
 """The store's schema as ordered migrations. Never edit an applied migration: add a new one."""
+
 from __future__ import annotations
 
 import logging
@@ -203,7 +204,10 @@ def m002_review_search_retention(db):
         "INSERT INTO messages_fts (messages_fts, rowid, subject, text) VALUES ('delete', old.id, old.subject, old.text); "
         "INSERT INTO messages_fts (rowid, subject, text) VALUES (new.id, new.subject, new.text); END"
     )
-    for table, fts, key, columns in (("cases", "cases_fts", "rowid", "id, contact, description"), ("messages", "messages_fts", "id", "subject, text")):
+    for table, fts, key, columns in (
+        ("cases", "cases_fts", "rowid", "id, contact, description"),
+        ("messages", "messages_fts", "id", "subject, text"),
+    ):
         old_values = ", ".join(f"old.{c.strip()}" for c in columns.split(","))
         db.execute(
             f"CREATE TRIGGER {fts}_delete AFTER DELETE ON {table} BEGIN "
@@ -217,7 +221,13 @@ def m002_review_search_retention(db):
     db.execute("CREATE INDEX cases_decided ON cases (status, decided_at)")
     # PIF-10: records are kept at least 7 years, so the database refuses to delete younger ones.
     # Stamps are ISO 8601 UTC text ('T' separator), compared as text against the same format.
-    for table, column in (("cases", "created_at"), ("messages", "at"), ("evidence", "created_at"), ("outbox", "created_at"), ("inbound", "received_at")):
+    for table, column in (
+        ("cases", "created_at"),
+        ("messages", "at"),
+        ("evidence", "created_at"),
+        ("outbox", "created_at"),
+        ("inbound", "received_at"),
+    ):
         db.execute(
             f"CREATE TRIGGER {table}_retention BEFORE DELETE ON {table} "
             f"WHEN old.{column} > strftime('%Y-%m-%dT%H:%M:%S', 'now', '-7 years') "
@@ -287,7 +297,9 @@ def m007_search_customers_words_only(db):
         db.execute(f"DROP TRIGGER {trigger}")
     db.execute("DROP TABLE messages_fts")
     db.execute("CREATE VIEW messages_in AS SELECT id, subject, text FROM messages WHERE direction = 'in'")
-    db.execute("CREATE VIRTUAL TABLE messages_fts USING fts5(subject, text, content='messages_in', content_rowid='id', tokenize='trigram')")
+    db.execute(
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(subject, text, content='messages_in', content_rowid='id', tokenize='trigram')"
+    )
     db.execute(
         "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages WHEN new.direction = 'in' BEGIN "
         "INSERT INTO messages_fts (rowid, subject, text) VALUES (new.id, new.subject, new.text); END"
@@ -325,12 +337,19 @@ def m008_spool_raw_last(db):
     if conn.in_transaction:
         raise RuntimeError("m008 rebuilds the spool table and must start outside a transaction")
     if conn.execute("SELECT 1 FROM inbound LIMIT 1").fetchone():  # a new store has nothing to copy: nothing to say
-        log.info("rebuilding the spool table once (its raw bytes move to the end of each row); on a large spool this takes a while and needs free disk for a second copy of it")
+        log.info(
+            "rebuilding the spool table once (its raw bytes move to the end of each row); on a large spool this takes a while and needs free disk for a second copy of it"
+        )
     conn.execute("PRAGMA foreign_keys = OFF")
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            dependents = [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE tbl_name = 'inbound' AND type IN ('index', 'trigger') AND sql IS NOT NULL")]
+            dependents = [
+                sql
+                for (sql,) in conn.execute(
+                    "SELECT sql FROM sqlite_master WHERE tbl_name = 'inbound' AND type IN ('index', 'trigger') AND sql IS NOT NULL"
+                )
+            ]
             conn.execute(
                 """
                 CREATE TABLE inbound_rebuilt (
@@ -357,7 +376,9 @@ def m008_spool_raw_last(db):
             conn.execute("ALTER TABLE inbound_rebuilt RENAME TO inbound")
             for sql in dependents:
                 conn.execute(sql)
-            broken = conn.execute("PRAGMA foreign_key_check(messages)").fetchall()  # the one table that refers to the spool
+            broken = conn.execute(
+                "PRAGMA foreign_key_check(messages)"
+            ).fetchall()  # the one table that refers to the spool
             if broken:
                 raise RuntimeError(f"the spool rebuild would break references: {broken[:5]}")
             conn.execute("COMMIT")
@@ -382,7 +403,9 @@ def m009_search_reads_the_first_64k(db):
         db.execute(f"DROP TRIGGER {trigger}")
     db.execute("DROP VIEW messages_in")
     n = SEARCHED_CHARS
-    db.execute(f"CREATE VIEW messages_in AS SELECT id, subject, substr(text, 1, {n}) AS text FROM messages WHERE direction = 'in'")
+    db.execute(
+        f"CREATE VIEW messages_in AS SELECT id, subject, substr(text, 1, {n}) AS text FROM messages WHERE direction = 'in'"
+    )
     db.execute(
         "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages WHEN new.direction = 'in' BEGIN "
         f"INSERT INTO messages_fts (rowid, subject, text) VALUES (new.id, new.subject, substr(new.text, 1, {n})); END"
@@ -406,5 +429,7 @@ def m009_search_reads_the_first_64k(db):
 def m010_console_sessions(db):
     """The console's sessions, kept in the store: a signed cookie alone stayed valid for its
     8 hours after logout, wherever it had been copied. A session row is revoked at logout."""
-    db.execute("CREATE TABLE console_sessions (id TEXT PRIMARY KEY, agent TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT)")
+    db.execute(
+        "CREATE TABLE console_sessions (id TEXT PRIMARY KEY, agent TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT)"
+    )
     db.execute("CREATE INDEX console_sessions_agent ON console_sessions (agent, revoked_at)")

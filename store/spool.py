@@ -4,18 +4,19 @@ A row moves pending -> done | duplicate | dead. Transport identities that are st
 (IMAP UIDVALIDITY+UID, Telegram update_id) are unique, so a re-fetch never spools twice;
 SMTP deliveries are each recorded, and deduplicated by content when processed.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
 from .clock import stamp
 from .db import transaction
-
 
 BLOB_PIECE = 1024 * 1024  # a raw message larger than this is written into its row piece by piece
 
@@ -47,13 +48,22 @@ def spool(
     with transaction(db):
         cursor = db.execute(
             f"INSERT OR IGNORE INTO inbound (channel, transport_id, received_at, raw, meta, conversation) VALUES (?, ?, ?, {'zeroblob(?)' if large else '?'}, ?, ?)",
-            [channel, transport_id, stamp(received_at), size if large else raw, json.dumps(meta or {}, ensure_ascii=False), conversation],
+            [
+                channel,
+                transport_id,
+                stamp(received_at),
+                size if large else raw,
+                json.dumps(meta or {}, ensure_ascii=False),
+                conversation,
+            ],
         )
         if cursor.rowcount:
             if large:
                 write_in_pieces(db, cursor.lastrowid, raw)
             return cursor.lastrowid, True
-        row = db.execute("SELECT id FROM inbound WHERE channel = ? AND transport_id = ?", [channel, transport_id]).fetchone()
+        row = db.execute(
+            "SELECT id FROM inbound WHERE channel = ? AND transport_id = ?", [channel, transport_id]
+        ).fetchone()
         return row[0], False
 
 
@@ -130,7 +140,16 @@ def load(db: sqlite_utils.Database, inbound_id: int, raw_bytes: int | None = Non
     return row
 
 
-def finish(db: sqlite_utils.Database, inbound_id: int, status: str, now: datetime, *, case_id: str | None = None, dedup_key: str | None = None, error: str | None = None) -> None:
+def finish(
+    db: sqlite_utils.Database,
+    inbound_id: int,
+    status: str,
+    now: datetime,
+    *,
+    case_id: str | None = None,
+    dedup_key: str | None = None,
+    error: str | None = None,
+) -> None:
     db.execute(
         "UPDATE inbound SET status = ?, processed_at = ?, case_id = ?, dedup_key = COALESCE(?, dedup_key), error = ?, attempts = attempts + 1 WHERE id = ?",
         [status, stamp(now), case_id, dedup_key, error, inbound_id],
@@ -157,5 +176,7 @@ def dead_letters(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 
 
 def requeue(db: sqlite_utils.Database, inbound_id: int) -> bool:
-    cursor = db.execute("UPDATE inbound SET status = 'pending', error = NULL WHERE id = ? AND status = 'dead'", [inbound_id])
+    cursor = db.execute(
+        "UPDATE inbound SET status = 'pending', error = NULL WHERE id = ? AND status = 'dead'", [inbound_id]
+    )
     return bool(cursor.rowcount)

@@ -5,11 +5,12 @@ the other blocked for ever. To the worker: "mail spooled", "replies are due" (an
 decision, a reminder) and end of file when the service stops or dies. From the worker:
 "start-up sweep done".
 """
+
 from __future__ import annotations
 
 import os
 import select
-from typing import Callable
+from collections.abc import Callable
 
 SPOOLED, REPLIES_DUE, SWEPT = b"i", b"o", b"s"
 

@@ -12,6 +12,7 @@ budget (intake/budget.py) died for that message alone: its batch's other rows ar
 No fsync: this guards against a process dying, not the machine (after a power cut the file may
 be empty, and the count starts again).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,18 @@ class InHand:
             with transaction(db):
                 row = db.execute("SELECT status FROM inbound WHERE id = ?", [inbound_id]).fetchone()
                 if row and row[0] == "pending":
-                    spool.finish(db, inbound_id, "dead", now, error=f"the worker died {self.deaths[inbound_id]} times while processing this message")
-                    log.error("inbound %s took %d workers down with it; kept as a dead letter", inbound_id, self.deaths[inbound_id])
+                    spool.finish(
+                        db,
+                        inbound_id,
+                        "dead",
+                        now,
+                        error=f"the worker died {self.deaths[inbound_id]} times while processing this message",
+                    )
+                    log.error(
+                        "inbound %s took %d workers down with it; kept as a dead letter",
+                        inbound_id,
+                        self.deaths[inbound_id],
+                    )
             del self.deaths[inbound_id]
         self.holding = []
         self.save()

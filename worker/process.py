@@ -21,6 +21,7 @@ Each message has a time budget (`worker.message_seconds`, intake/budget.py): the
 a message that runs past it itself, and the service replaces a worker that cannot (it is
 still on the message a grace later), telling its replacement which message that was.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -31,19 +32,19 @@ import pickle
 import resource
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
+from refunddesk.intake.budget import NO_BUDGET, Budget, OverBudget
 from refunddesk.outbound.dispatcher import Outbound
 from refunddesk.store import evidence, spool
 from refunddesk.store.clock import utcnow
 from refunddesk.store.db import use_writer_turns
-from refunddesk.intake.budget import NO_BUDGET, Budget, OverBudget
-from refunddesk.worker.watchdog import Mark
 from refunddesk.worker.doorbell import REPLIES_DUE, SWEPT, Doorbell, ring
 from refunddesk.worker.in_hand import InHand
 from refunddesk.worker.senders import open_senders
+from refunddesk.worker.watchdog import Mark
 
 log = logging.getLogger("refunddesk.worker")
 IDLE_WAIT = 1.0
@@ -62,8 +63,17 @@ def main() -> None:
     run_worker(*pickle.load(sys.stdin.buffer))
 
 
-def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_level: int, sweep: bool, lane: tuple[int, int] = (0, 1),
-               mark: int | None = None, overdue: int | None = None) -> None:
+def run_worker(
+    desk: Desk,
+    to_worker: int,
+    from_worker: int,
+    parent: int,
+    log_level: int,
+    sweep: bool,
+    lane: tuple[int, int] = (0, 1),
+    mark: int | None = None,
+    overdue: int | None = None,
+) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     die_with(parent)
     # Ctrl-C and a service manager's SIGTERM reach the whole process group; the service
@@ -83,11 +93,20 @@ def run_worker(desk: Desk, to_worker: int, from_worker: int, parent: int, log_le
     work(desk, doorbell, lambda signal_byte: ring(from_worker, signal_byte), sweep, lane, budget, overdue)
 
 
-def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep: bool = True, lane: tuple[int, int] = (0, 1),
-         budget: Budget = NO_BUDGET, overdue: int | None = None) -> None:
+def work(
+    desk: Desk,
+    doorbell: Doorbell,
+    notify: Callable[[bytes], bool],
+    sweep: bool = True,
+    lane: tuple[int, int] = (0, 1),
+    budget: Budget = NO_BUDGET,
+    overdue: int | None = None,
+) -> None:
     """`overdue`: the message this lane's last worker was replaced for (past its budget)."""
     db = desk.open_db(durable=False)  # no client waits on these commits (store/db.py)
-    outbound = Outbound(desk, open_senders) if lane[0] == 0 else None  # one sender: one window of deliveries, one order per recipient
+    outbound = (
+        Outbound(desk, open_senders) if lane[0] == 0 else None
+    )  # one sender: one window of deliveries, one order per recipient
     if outbound is not None:
         doorbell.replies_due = outbound.wake
         outbound.start()
@@ -117,10 +136,15 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
             # Even keeping the message as a dead letter needs more memory than worker.memory_mb
             # allows (SQLite rewrites its whole row): this worker ends, the batch is in hand, and
             # the in-hand record makes the message a dead letter once it has cost enough workers.
-            log.error("the worker ran out of memory (worker.memory_mb = %s) outside any one message's reading; restarting",
-                      desk.config.worker.memory_mb)
+            log.error(
+                "the worker ran out of memory (worker.memory_mb = %s) outside any one message's reading; restarting",
+                desk.config.worker.memory_mb,
+            )
             os._exit(EX_OUT_OF_MEMORY)
-        except (Exception, OverBudget):  # a budget running out where it could not be caught (SQLite ended the transaction)
+        except (
+            Exception,
+            OverBudget,
+        ):  # a budget running out where it could not be caught (SQLite ended the transaction)
             log.exception("worker pass failed; retrying")
         doorbell.wait(0 if handled else IDLE_WAIT)
     db.conn.close()
@@ -128,7 +152,15 @@ def work(desk: Desk, doorbell: Doorbell, notify: Callable[[bytes], bool], sweep:
         outbound.stop()
 
 
-def process_round(desk: Desk, db, in_hand: InHand, limit: int, up_to: int | None = None, lane: tuple[int, int] = (0, 1), budget: Budget = NO_BUDGET) -> int:
+def process_round(
+    desk: Desk,
+    db,
+    in_hand: InHand,
+    limit: int,
+    up_to: int | None = None,
+    lane: tuple[int, int] = (0, 1),
+    budget: Budget = NO_BUDGET,
+) -> int:
     """One batch of the spool (this lane's rows; those up to id `up_to`, if given), held in
     hand while it is processed; how many rows were handled."""
     waiting = [i for i in spool.pending_ids(db, limit, lane) if up_to is None or i <= up_to]

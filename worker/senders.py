@@ -3,6 +3,7 @@
 Chosen here, where the service is composed, so that outbound/ knows no channel: it delivers
 with whatever it is given.
 """
+
 from __future__ import annotations
 
 import asyncio

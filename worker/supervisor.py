@@ -3,6 +3,7 @@
 See worker/process.py for why the worker is a process of its own, and docs/worker.md for a
 picture of the processes, pipes and locks.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,11 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from refunddesk.desk import Desk
-from refunddesk.worker.watchdog import Mark, Watchdog, grace
 from refunddesk.worker.doorbell import REPLIES_DUE, SPOOLED, SWEPT, ring
+from refunddesk.worker.watchdog import Mark, Watchdog, grace
 
 log = logging.getLogger("refunddesk.worker")
 RESTART_PAUSE, RESTART_PAUSE_MAX = 1.0, 60.0
@@ -30,8 +31,15 @@ class Worker:
     lane 0 also sends the replies and sweeps at start-up; the others ring the service when
     they wrote replies (`replies_due`), and it rings lane 0."""
 
-    def __init__(self, desk: Desk, swept: threading.Event, stopping: threading.Event, lane: tuple[int, int] = (0, 1),
-                 replies_due: Callable[[], None] = lambda: None, on_swept: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        desk: Desk,
+        swept: threading.Event,
+        stopping: threading.Event,
+        lane: tuple[int, int] = (0, 1),
+        replies_due: Callable[[], None] = lambda: None,
+        on_swept: Callable[[], None] = lambda: None,
+    ) -> None:
         self.desk = desk
         self.swept = swept
         self.stopping = stopping
@@ -62,10 +70,24 @@ class Worker:
             self.watchdog = None
         mark = Mark()
         overdue, self.overdue = self.overdue, None
-        start = (self.desk, to_reader, from_writer, os.getpid(), logging.getLogger().level, sweep, self.lane, mark.fd, overdue)
+        start = (
+            self.desk,
+            to_reader,
+            from_writer,
+            os.getpid(),
+            logging.getLogger().level,
+            sweep,
+            self.lane,
+            mark.fd,
+            overdue,
+        )
         try:
             # -P: the service's working directory must not come first on the worker's import path.
-            self.process = subprocess.Popen([sys.executable, "-P", "-m", "refunddesk.worker"], stdin=subprocess.PIPE, pass_fds=(to_reader, from_writer, mark.fd))
+            self.process = subprocess.Popen(
+                [sys.executable, "-P", "-m", "refunddesk.worker"],
+                stdin=subprocess.PIPE,
+                pass_fds=(to_reader, from_writer, mark.fd),
+            )
         except BaseException:
             for fd in (to_reader, to_writer, from_reader, from_writer):
                 os.close(fd)
@@ -146,8 +168,14 @@ class Worker:
                 await asyncio.wait({ended}, timeout=self.watchdog.interval)
                 overdue = None if ended.done() else self.watchdog.overdue()
                 if overdue is not None:
-                    log.error("the worker has spent over %g s on inbound %s (worker.message_seconds = %g, and %g s of grace) and cannot stop it; replacing it%s",
-                              self.watchdog.limit, overdue, self.seconds, grace(self.seconds), self.which())
+                    log.error(
+                        "the worker has spent over %g s on inbound %s (worker.message_seconds = %g, and %g s of grace) and cannot stop it; replacing it%s",
+                        self.watchdog.limit,
+                        overdue,
+                        self.seconds,
+                        grace(self.seconds),
+                        self.which(),
+                    )
                     self.overdue = overdue
                     self.process.kill()
                     await ended
@@ -206,7 +234,10 @@ class Workers:
     def __init__(self, desk: Desk, swept: threading.Event, stopping: threading.Event) -> None:
         count = desk.config.worker.processes
         self.stopping = stopping
-        self.lanes = [Worker(desk, swept, stopping, (k, count), self.set, self.start_others if k == 0 else lambda: None) for k in range(count)]
+        self.lanes = [
+            Worker(desk, swept, stopping, (k, count), self.set, self.start_others if k == 0 else lambda: None)
+            for k in range(count)
+        ]
         self.others: list[asyncio.Task] = []
 
     def ring(self, signal_byte: bytes = SPOOLED) -> None:

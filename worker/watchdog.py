@@ -7,6 +7,7 @@ that has spent a grace more than the budget on one message, whatever it is doing
 and replaced (`Watchdog`, worker/supervisor.py); the replacement keeps the message as a dead
 letter (worker/in_hand.py).
 """
+
 from __future__ import annotations
 
 import mmap

@@ -6,10 +6,12 @@ strip them before the message is spooled. When the operator names the upstream M
 checks DKIM/SPF/DMARC (`email.trusted_authserv_id`), its verdict is read and mail failing
 there is marked unverified for the agent; nothing is refused for it.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 FAILING = ("fail", "softfail", "permerror", "temperror", "policy")
 METHODS = ("dkim", "spf", "dmarc")

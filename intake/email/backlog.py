@@ -10,6 +10,7 @@ it would have got stay in the outbox as `suppressed`, with the reason, for the r
 Spooling, processing and the suppression happen in one transaction, so a running `serve`
 can never pick up and send a letter the import is about to suppress.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ import logging
 import mailbox
 import sys
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def read_message(source: mailbox.Mailbox, key: str) -> tuple[bytes, datetime | N
     try:
         message = source.get_message(key)
         if isinstance(message, mailbox.MaildirMessage):
-            arrived = datetime.fromtimestamp(message.get_date(), timezone.utc)
+            arrived = datetime.fromtimestamp(message.get_date(), UTC)
         elif isinstance(message, mailbox.mboxMessage):
             arrived = date_of(message.get_from().split(" ", 1)[-1])
     except Exception:  # a broken envelope line only costs us this hint
@@ -107,7 +108,7 @@ def date_of(text: str) -> datetime | None:
         moment = parsedate_to_datetime(text.strip())
     except (TypeError, ValueError, IndexError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def arrival_time(raw: bytes, delivered: datetime | None, now: datetime) -> datetime:
@@ -123,7 +124,16 @@ def arrival_time(raw: bytes, delivered: datetime | None, now: datetime) -> datet
     return now
 
 
-def import_one(desk: Desk, db: sqlite_utils.Database, raw: bytes, delivered: datetime | None, source: str, *, no_reply: bool, budget: Budget = NO_BUDGET) -> str:
+def import_one(
+    desk: Desk,
+    db: sqlite_utils.Database,
+    raw: bytes,
+    delivered: datetime | None,
+    source: str,
+    *,
+    no_reply: bool,
+    budget: Budget = NO_BUDGET,
+) -> str:
     """Spool and process one message; returns what became of it (for the summary)."""
     now = utcnow()
     received_at = arrival_time(raw, delivered, now)
@@ -151,7 +161,9 @@ def import_one(desk: Desk, db: sqlite_utils.Database, raw: bytes, delivered: dat
             reason = None
         if reason:
             suppress_since(db, last_outbox, reason)
-        (answered,) = db.execute("SELECT count(*) FROM outbox WHERE id > ? AND status = 'pending'", [last_outbox]).fetchone()
+        (answered,) = db.execute(
+            "SELECT count(*) FROM outbox WHERE id > ? AND status = 'pending'", [last_outbox]
+        ).fetchone()
     if status == "done":
         return "answered" if answered else "stored without reply"
     return {"duplicate": "duplicates", "dead": "dead letters"}.get(status, status)
@@ -171,14 +183,26 @@ def still_open(desk: Desk, db: sqlite_utils.Database, case: Case, received_at: d
     if not windows:
         return True
     # The customer wrote after the event, so a window counted from receipt is the widest it can be.
-    latest = max(window_deadline(desk.calendar, desk.policy.timezone, received_at, w.length, w.unit).at for w in windows)
+    latest = max(
+        window_deadline(desk.calendar, desk.policy.timezone, received_at, w.length, w.unit).at for w in windows
+    )
     return now <= latest
 
 
 def suppress_since(db: sqlite_utils.Database, last_outbox: int, reason: str) -> None:
     """Hold back the automatic letters written after outbox row `last_outbox`."""
     placeholders = ", ".join("?" for _ in AUTOMATIC_KINDS)
-    ids = [r[0] for r in db.execute(f"SELECT id FROM outbox WHERE id > ? AND status = 'pending' AND kind IN ({placeholders})", [last_outbox, *AUTOMATIC_KINDS])]
+    ids = [
+        r[0]
+        for r in db.execute(
+            f"SELECT id FROM outbox WHERE id > ? AND status = 'pending' AND kind IN ({placeholders})",
+            [last_outbox, *AUTOMATIC_KINDS],
+        )
+    ]
     for outbox_id in ids:
-        db.execute("UPDATE outbox SET status = 'suppressed', last_error = ? WHERE id = ?", [f"not sent: {reason}", outbox_id])
-        db.execute("UPDATE messages SET meta = json_set(meta, '$.status', 'suppressed') WHERE outbox_id = ?", [outbox_id])
+        db.execute(
+            "UPDATE outbox SET status = 'suppressed', last_error = ? WHERE id = ?", [f"not sent: {reason}", outbox_id]
+        )
+        db.execute(
+            "UPDATE messages SET meta = json_set(meta, '$.status', 'suppressed') WHERE outbox_id = ?", [outbox_id]
+        )

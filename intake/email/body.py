@@ -4,6 +4,7 @@ Attachments, inline images and forwarded messages all become evidence files; S/M
 signatures and vCards do not (they prove nothing about a charge). The walk counts parts and
 depth itself, so a hostile tree is refused before anything large is decoded.
 """
+
 from __future__ import annotations
 
 import binascii
@@ -18,16 +19,27 @@ from refunddesk.policy.model import Attachment
 from refunddesk.store.evidence import safe_filename
 
 from . import charsets
-from .headers import raw_header
 from . import html as mailhtml
+from .headers import raw_header
 
 MAX_PARTS = 500
 MAX_DEPTH = 20
 NOT_EVIDENCE = {
-    "application/pkcs7-signature", "application/x-pkcs7-signature", "application/pgp-signature",
-    "application/pgp-keys", "text/vcard", "text/x-vcard", "text/directory",
+    "application/pkcs7-signature",
+    "application/x-pkcs7-signature",
+    "application/pgp-signature",
+    "application/pgp-keys",
+    "text/vcard",
+    "text/x-vcard",
+    "text/directory",
 }
-REPORT_PARTS = {"message/delivery-status", "text/rfc822-headers", "message/rfc822-headers", "message/disposition-notification", "message/feedback-report"}
+REPORT_PARTS = {
+    "message/delivery-status",
+    "text/rfc822-headers",
+    "message/rfc822-headers",
+    "message/disposition-notification",
+    "message/feedback-report",
+}
 ENCODED_WORD_CHARSET = re.compile(r"=\?([A-Za-z0-9_.:-]{1,40})(?:\*[A-Za-z-]+)?\?[bBqQ]\?")
 UNQUOTED_NAME = re.compile(r"""(?i)(?:^|;)\s*(?:file)?name\s*=\s*([^"';\r\n][^;\r\n]*)""")
 

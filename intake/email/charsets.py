@@ -5,6 +5,7 @@ UTF-8, raw 8-bit headers with no label at all, names Python does not know. Decod
 fails here: the declared charset is tried first (mapped to its superset), then UTF-8, then
 the other charsets the message uses, and finally a lossless single-byte reading.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -13,14 +14,35 @@ import re
 
 # Labels whose text is routinely written in a superset; reading with the superset is lossless.
 SUPERSETS = {
-    "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "euc-cn": "gb18030", "cp936": "gb18030",
-    "csgb2312": "gb18030", "chinese": "gb18030", "hz-gb-2312": "hz",
-    "big5": "big5hkscs", "x-big5": "big5hkscs",
-    "ks_c_5601-1987": "cp949", "euc-kr": "cp949", "ks_c_5601": "cp949", "korean": "cp949",
-    "shift_jis": "cp932", "shift-jis": "cp932", "x-sjis": "cp932", "sjis": "cp932", "ms_kanji": "cp932",
-    "iso-2022-jp": "iso2022_jp_ext", "euc-jp": "euc_jis_2004",
-    "iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252",
-    "iso-8859-8-i": "iso-8859-8", "unicode-1-1-utf-7": "utf-7", "utf8": "utf-8",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "euc-cn": "gb18030",
+    "cp936": "gb18030",
+    "csgb2312": "gb18030",
+    "chinese": "gb18030",
+    "hz-gb-2312": "hz",
+    "big5": "big5hkscs",
+    "x-big5": "big5hkscs",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "ks_c_5601": "cp949",
+    "korean": "cp949",
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "x-sjis": "cp932",
+    "sjis": "cp932",
+    "ms_kanji": "cp932",
+    "iso-2022-jp": "iso2022_jp_ext",
+    "euc-jp": "euc_jis_2004",
+    "iso-8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+    "iso-8859-8-i": "iso-8859-8",
+    "unicode-1-1-utf-7": "utf-7",
+    "utf8": "utf-8",
 }
 # Labels that say nothing about the bytes.
 MEANINGLESS = {"", "unknown", "unknown-8bit", "x-unknown", "default", "none", "charset", "8bit", "binary", "us"}

@@ -2,6 +2,7 @@
 `import` (a mailbox of past refund mail). Both run the pipeline, so its reader and the mail parser
 are imported in the handlers: no other command pays for them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,30 +21,43 @@ EX_TEMPFAIL = 75  # sendmail's "try again later": the MTA keeps the message and 
 
 def register(commands: argparse._SubParsersAction) -> None:
     deliver = add_command(
-        commands, "deliver", "read one RFC 5322 message on standard input and process it (an MTA's pipe)",
+        commands,
+        "deliver",
+        "read one RFC 5322 message on standard input and process it (an MTA's pipe)",
         "Prints the case id the message went to. Exit codes: 0 stored (also when it became a dead letter),\n"
         "75 (EX_TEMPFAIL) when it could not be stored, so the MTA keeps it and tries again.\n\n"
         "example, a Postfix transport (master.cf):\n"
         "  refunddesk unix - n n - - pipe flags=Rq user=refunddesk argv=/usr/local/bin/refunddesk\n"
         "    deliver --sender ${sender} --recipient ${original_recipient}",
     )
-    deliver.add_argument("--recipient", action="append", default=[], metavar="ADDRESS",
-                         help="envelope recipient, e.g. refunds@example.com; repeat for several"
-                              " (default: $ORIGINAL_RECIPIENT, else $RECIPIENT)")
-    deliver.add_argument("--sender", metavar="ADDRESS",
-                         help="envelope sender, e.g. customer@example.org; empty for a bounce (default: $SENDER)")
+    deliver.add_argument(
+        "--recipient",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="envelope recipient, e.g. refunds@example.com; repeat for several"
+        " (default: $ORIGINAL_RECIPIENT, else $RECIPIENT)",
+    )
+    deliver.add_argument(
+        "--sender",
+        metavar="ADDRESS",
+        help="envelope sender, e.g. customer@example.org; empty for a bounce (default: $SENDER)",
+    )
     deliver.set_defaults(func=cmd_deliver)
 
     backlog = add_command(
-        commands, "import", "import an mbox file or a Maildir of past refund mail",
+        commands,
+        "import",
+        "import an mbox file or a Maildir of past refund mail",
         "Each message goes through the same pipeline as live mail, dated by when it arrived; mail imported\n"
         "before, or received already, makes no second case. Only cases still inside the policy's windows\n"
         "today are answered.\n\n"
         "example:\n  refunddesk import ~/Mail/refunds --no-reply",
     )
     backlog.add_argument("path", help="an mbox file, or a Maildir folder (with cur/ and new/)")
-    backlog.add_argument("--no-reply", action="store_true",
-                         help="answer none of the imported mail (the letters are kept as suppressed)")
+    backlog.add_argument(
+        "--no-reply", action="store_true", help="answer none of the imported mail (the letters are kept as suppressed)"
+    )
     backlog.set_defaults(func=cmd_import)
 
 

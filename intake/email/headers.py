@@ -8,6 +8,7 @@ value is cut here, in one linear scan, before either sees it: at most MAX_CHARS 
 MAX_ENCODED_WORDS openings of an encoded-word. A real header is far below both (a Subject is
 a line; the longest honest field, References, is a list of ids of which we keep the newest).
 """
+
 from __future__ import annotations
 
 from email.message import Message

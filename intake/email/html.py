@@ -1,4 +1,5 @@
 """Mail HTML: sanitized with nh3 (Ammonia) before an agent sees it, reduced to text for the dialog."""
+
 from __future__ import annotations
 
 import re
@@ -7,13 +8,56 @@ from html.parser import HTMLParser
 import nh3
 
 ALLOWED_TAGS = {
-    "a", "b", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h4", "hr", "i", "li",
-    "ol", "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "u", "ul",
+    "a",
+    "b",
+    "blockquote",
+    "br",
+    "code",
+    "div",
+    "em",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "hr",
+    "i",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "span",
+    "strong",
+    "table",
+    "tbody",
+    "td",
+    "th",
+    "thead",
+    "tr",
+    "u",
+    "ul",
 }
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan"}}
 HIDDEN_TAGS = {"script", "style", "title", "head", "template", "noscript"}
 MAX_HTML = 2_000_000
-BLOCK_TAGS = {"p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "pre", "hr", "blockquote", "br"}
+BLOCK_TAGS = {
+    "p",
+    "div",
+    "li",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "table",
+    "ul",
+    "ol",
+    "pre",
+    "hr",
+    "blockquote",
+    "br",
+}
 CELL_TAGS = {"td", "th"}
 TEXT_TAGS = BLOCK_TAGS | CELL_TAGS | {"span", "b", "i", "u", "em", "strong", "a", "code"}
 
@@ -41,7 +85,7 @@ def flatten(markup: str) -> str:
         keep = True
         if not closing:
             if name in SIBLING_TAGS and name in open_tags[-3:]:  # an unclosed <li> ends at the next <li>
-                del open_tags[len(open_tags) - 1 - open_tags[::-1].index(name):]
+                del open_tags[len(open_tags) - 1 - open_tags[::-1].index(name) :]
             if name not in VOID_TAGS and not match.group(0).endswith("/>"):
                 if len(open_tags) < MAX_NESTING:
                     open_tags.append(name)
@@ -52,7 +96,7 @@ def flatten(markup: str) -> str:
             dropped[name] -= 1
             keep = False
         elif name in open_tags:  # at most MAX_NESTING to look through: still linear
-            del open_tags[len(open_tags) - 1 - open_tags[::-1].index(name):]
+            del open_tags[len(open_tags) - 1 - open_tags[::-1].index(name) :]
         if not keep or match.end() - match.start() > MAX_TAG_CHARS:
             pieces.append(markup[kept_to : match.start()])
             if keep:  # the tag stays, without its attributes
@@ -116,7 +160,9 @@ class TextWriter(HTMLParser):
 
 def to_text(markup: str) -> str:
     """Readable text from HTML: block elements become line breaks, quotes keep their "> "."""
-    cleaned = nh3.clean(flatten(markup[:MAX_HTML]), tags=TEXT_TAGS, clean_content_tags=HIDDEN_TAGS, attributes={}, strip_comments=True)
+    cleaned = nh3.clean(
+        flatten(markup[:MAX_HTML]), tags=TEXT_TAGS, clean_content_tags=HIDDEN_TAGS, attributes={}, strip_comments=True
+    )
     writer = TextWriter()
     writer.feed(cleaned)
     writer.close()

@@ -15,12 +15,14 @@ it polls every `poll_seconds`; even while idling it re-reads the folder that oft
 net for a notification lost between commands. Any connection failure (BYE, abort, reset)
 means: log, back off, reconnect.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import sqlite_utils
 from imapclient import IMAPClient
@@ -34,12 +36,12 @@ from . import authresults
 from .parse import mail_conversation
 
 log = logging.getLogger("refunddesk.imap")
-IDLE_RENEW_SECONDS = 24 * 60   # RFC 2177: servers may drop an IDLE after 29 minutes
-IDLE_CHECK_SECONDS = 1.0       # how quickly a stop request is noticed while idling
+IDLE_RENEW_SECONDS = 24 * 60  # RFC 2177: servers may drop an IDLE after 29 minutes
+IDLE_CHECK_SECONDS = 1.0  # how quickly a stop request is noticed while idling
 BACKOFF_START = 0.5
 BACKOFF_MAX = 60.0
 FETCH_BATCH = 20
-MAX_DRAIN_PASSES = 10          # a mailbox filling faster than this is read again after IDLE
+MAX_DRAIN_PASSES = 10  # a mailbox filling faster than this is read again after IDLE
 CONNECT_TIMEOUT = 30
 
 
@@ -53,7 +55,9 @@ def transport_id(account: str, mailbox: str, uidvalidity: int, uid: int) -> str:
 
 
 def load_watermark(db: sqlite_utils.Database, account: str, mailbox: str) -> tuple[int, int] | None:
-    row = db.execute("SELECT uidvalidity, last_uid FROM imap_watermarks WHERE account = ? AND mailbox = ?", [account, mailbox]).fetchone()
+    row = db.execute(
+        "SELECT uidvalidity, last_uid FROM imap_watermarks WHERE account = ? AND mailbox = ?", [account, mailbox]
+    ).fetchone()
     return (row[0], row[1]) if row else None
 
 
@@ -71,7 +75,9 @@ def save_watermark(db: sqlite_utils.Database, account: str, mailbox: str, uidval
 
 
 def is_spooled(db: sqlite_utils.Database, key: str) -> bool:
-    return db.execute("SELECT 1 FROM inbound WHERE channel = 'email' AND transport_id = ?", [key]).fetchone() is not None
+    return (
+        db.execute("SELECT 1 FROM inbound WHERE channel = 'email' AND transport_id = ?", [key]).fetchone() is not None
+    )
 
 
 def chunks(items: list[int], size: int) -> Iterable[list[int]]:
@@ -97,13 +103,13 @@ class Poller:
         self.trusted_authserv_id = config.email.trusted_authserv_id
         self.our_authserv_ids = authresults.our_authserv_ids(desk.addresses.ours(), desk.mail_domain)
         self.stopping = threading.Event()
-        self.idling = threading.Event()   # observable: the poller is inside IDLE right now
-        self.connections = 0              # observable: successful logins so far
+        self.idling = threading.Event()  # observable: the poller is inside IDLE right now
+        self.connections = 0  # observable: successful logins so far
         self.thread = threading.Thread(target=self.run, name="imap-poller", daemon=True)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> "Poller":
+    def start(self) -> Poller:
         self.thread.start()
         return self
 
@@ -124,7 +130,14 @@ class Poller:
                         break
                     if self.connections > logged_in:
                         backoff = BACKOFF_START  # the server was reachable: start the back-off afresh
-                    log.warning("IMAP %s:%s: %s: %s; reconnecting in %.1f s", self.host, self.port, type(exc).__name__, exc, backoff)
+                    log.warning(
+                        "IMAP %s:%s: %s: %s; reconnecting in %.1f s",
+                        self.host,
+                        self.port,
+                        type(exc).__name__,
+                        exc,
+                        backoff,
+                    )
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
         finally:
@@ -183,7 +196,12 @@ class Poller:
         mark = load_watermark(db, self.account, self.folder)
         if mark is None or mark[0] != uidvalidity:
             if mark is not None:
-                log.warning("IMAP %s: UIDVALIDITY changed from %s to %s; reading the folder afresh", self.folder, mark[0], uidvalidity)
+                log.warning(
+                    "IMAP %s: UIDVALIDITY changed from %s to %s; reading the folder afresh",
+                    self.folder,
+                    mark[0],
+                    uidvalidity,
+                )
             with transaction(db):
                 save_watermark(db, self.account, self.folder, uidvalidity, 0)
             last_uid = 0
@@ -212,7 +230,9 @@ class Poller:
             moved += self.move(client, done)
         return stored, moved
 
-    def fetch_and_spool(self, client: IMAPClient, db: sqlite_utils.Database, uids: list[int], uidvalidity: int, keys: dict[int, str]) -> list[int]:
+    def fetch_and_spool(
+        self, client: IMAPClient, db: sqlite_utils.Database, uids: list[int], uidvalidity: int, keys: dict[int, str]
+    ) -> list[int]:
         sizes = client.fetch(uids, ["RFC822.SIZE", "FLAGS"])
         small = [uid for uid in uids if uid in sizes and int(sizes[uid].get(b"RFC822.SIZE", 0)) <= self.limit]
         bodies = client.fetch(small, ["BODY.PEEK[]"]) if small else {}
@@ -227,7 +247,10 @@ class Poller:
                 "mailbox": self.folder,
                 "uidvalidity": uidvalidity,
                 "uid": uid,
-                "flags": [flag.decode("ascii", "replace") if isinstance(flag, bytes) else str(flag) for flag in sizes[uid].get(b"FLAGS", ())],
+                "flags": [
+                    flag.decode("ascii", "replace") if isinstance(flag, bytes) else str(flag)
+                    for flag in sizes[uid].get(b"FLAGS", ())
+                ],
             }
             if uid in bodies:
                 raw = bodies[uid].get(b"BODY[]")
@@ -238,7 +261,9 @@ class Poller:
                 meta["oversized"] = int(sizes[uid].get(b"RFC822.SIZE", 0))
             if raw is None:
                 continue
-            raw, meta["authentication"] = authresults.examine(bytes(raw), self.our_authserv_ids, self.trusted_authserv_id)
+            raw, meta["authentication"] = authresults.examine(
+                bytes(raw), self.our_authserv_ids, self.trusted_authserv_id
+            )
             with transaction(db):
                 spool.spool(db, "email", keys[uid], raw, utcnow(), meta, mail_conversation(raw, meta))
                 save_watermark(db, self.account, self.folder, uidvalidity, uid)

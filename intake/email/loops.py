@@ -3,6 +3,7 @@
 Such mail is still stored and shown to agents; we only keep quiet, so that two robots
 (our acknowledgement and someone's vacation responder) cannot talk to each other forever.
 """
+
 from __future__ import annotations
 
 import re
@@ -65,7 +66,11 @@ def no_reply_reason(msg: Message, sender: str, envelope_from: str | None, our_ad
             return f"mailing list ({name})"
     if msg.get_content_type() in REPORT_TYPES:
         return "delivery or read report"
-    if header(msg, "X-Autoreply") or header(msg, "X-Autorespond") or header(msg, "X-Auto-Response-Suppress").lower() in ("all", "autoreply", "oof"):
+    if (
+        header(msg, "X-Autoreply")
+        or header(msg, "X-Autorespond")
+        or header(msg, "X-Auto-Response-Suppress").lower() in ("all", "autoreply", "oof")
+    ):
         return "vendor auto-reply header"
     if AUTO_REPLY_SUBJECT.match(header(msg, "Subject")):
         return "auto-reply subject"

@@ -5,6 +5,7 @@ the raw bytes before the MIME tree is built; undecodable charsets fall back to a
 reading instead of failing; HTML is reduced to text for the dialog and sanitized for agents.
 Nothing a customer writes reaches a header of ours except through `charsets.one_line`.
 """
+
 from __future__ import annotations
 
 import email
@@ -25,8 +26,8 @@ from refunddesk.policy.text import READ_LIMIT
 
 from . import charsets, loops, quoting
 from . import html as mailhtml
-from .headers import raw_header, was_cut
 from .body import MAX_DEPTH, MAX_PARTS, MailRejected, charset_hints, read_body
+from .headers import raw_header, was_cut
 from .reading import read_message
 
 __all__ = ["Addresses", "MailRejected", "parse_mail", "split_plus", "route", "dedup_key"]
@@ -64,7 +65,9 @@ def parse_mail(raw: bytes, meta: dict[str, Any], addresses: Addresses, received_
     sender = clean_address(sender)
     subject = header_text(msg, "Subject", hints)
     message_id = first_message_id(header_text(msg, "Message-ID"))
-    references = tuple(reversed(MESSAGE_ID.findall(header_text(msg, "References") + " " + header_text(msg, "In-Reply-To"))))
+    references = tuple(
+        reversed(MESSAGE_ID.findall(header_text(msg, "References") + " " + header_text(msg, "In-Reply-To")))
+    )
 
     recipients = recipients_of(msg, meta)
     kind, plus_ref = route(recipients, addresses)
@@ -133,7 +136,11 @@ def check_structure(raw: bytes) -> None:
 
 def header_block_size(raw: bytes) -> int:
     """Bytes before the blank line that ends the header (the whole message when there is none)."""
-    ends = [at for at in (raw.find(b"\n\n", 0, MAX_HEADER_BYTES + 2), raw.find(b"\n\r\n", 0, MAX_HEADER_BYTES + 3)) if at >= 0]
+    ends = [
+        at
+        for at in (raw.find(b"\n\n", 0, MAX_HEADER_BYTES + 2), raw.find(b"\n\r\n", 0, MAX_HEADER_BYTES + 3))
+        if at >= 0
+    ]
     return min(ends) if ends else len(raw)
 
 
@@ -238,7 +245,11 @@ def dedup_key(msg: Message, raw: bytes, message_id: str) -> str:
     body_hash = body_digest(raw, body_start)[:32]
     if message_id:
         return f"mid:{message_id.strip('<>').lower()}:{body_hash}"
-    stable = [line.strip() for line in head.replace(b"\r\n", b"\n").split(b"\n") if line[:1] not in (b" ", b"\t") and line.split(b":", 1)[0].lower() in (b"from", b"to", b"subject", b"date")]
+    stable = [
+        line.strip()
+        for line in head.replace(b"\r\n", b"\n").split(b"\n")
+        if line[:1] not in (b" ", b"\t") and line.split(b":", 1)[0].lower() in (b"from", b"to", b"subject", b"date")
+    ]
     digest = hashlib.sha256(b"\n".join(sorted(stable)) + b"\n\n" + body_hash.encode()).hexdigest()
     return "sha:" + digest
 

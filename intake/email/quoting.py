@@ -5,26 +5,36 @@ Reply headers come in many clients' wordings; these cover the common English and
 not a quote: it is often the very receipt that proves the charge, so it is returned
 separately for the agent instead of being dropped.
 """
+
 from __future__ import annotations
 
 import re
 
 FORWARD_SUBJECT = re.compile(r"^\s*(fwd?|fw|转发|轉寄|轉發)\s*[:：]", re.IGNORECASE)
 FORWARD_MARKERS = [
-    re.compile(r"^-{2,}\s*(Forwarded message|Forwarded Message|转发的邮件|转发邮件|轉寄郵件|轉發郵件)\s*-{2,}", re.IGNORECASE),
+    re.compile(
+        r"^-{2,}\s*(Forwarded message|Forwarded Message|转发的邮件|转发邮件|轉寄郵件|轉發郵件)\s*-{2,}", re.IGNORECASE
+    ),
     re.compile(r"^Begin forwarded message\s*:", re.IGNORECASE),
-    re.compile(r"^-{2,}\s*(Original Message|原始邮件|原始郵件)\s*-{2,}", re.IGNORECASE),  # a forward only with a Fwd subject
+    re.compile(
+        r"^-{2,}\s*(Original Message|原始邮件|原始郵件)\s*-{2,}", re.IGNORECASE
+    ),  # a forward only with a Fwd subject
 ]
 QUOTE_MARKERS = [
     re.compile(r"^On\b.{3,300}\bwrote\s*:\s*$", re.IGNORECASE),
-    re.compile(r"^-{2,}\s*(Original Message|Reply Message|Replied Message|原始邮件|原始郵件|回复的原邮件)\s*-{2,}", re.IGNORECASE),
+    re.compile(
+        r"^-{2,}\s*(Original Message|Reply Message|Replied Message|原始邮件|原始郵件|回复的原邮件)\s*-{2,}",
+        re.IGNORECASE,
+    ),
     re.compile(r"^在.{2,200}(写道|寫道)\s*[:：]?\s*$"),
     re.compile(r"^.{2,200}(写道|寫道)\s*[:：]\s*$"),
     re.compile(r"^Le\b.{3,200}\ba écrit\s*:\s*$", re.IGNORECASE),
     re.compile(r"^Am\b.{3,200}\bschrieb\b.{0,100}:\s*$", re.IGNORECASE),
 ]
 HEADER_BLOCK_START = re.compile(r"^\*?(From|发件人|發件人|寄件者|寄件人)\*?\s*[:：]", re.IGNORECASE)
-HEADER_BLOCK_NEXT = re.compile(r"^\*?(Sent|Date|To|Subject|Cc|发送时间|發送時間|时间|日期|收件人|主题|主題|主旨|抄送)\*?\s*[:：]", re.IGNORECASE)
+HEADER_BLOCK_NEXT = re.compile(
+    r"^\*?(Sent|Date|To|Subject|Cc|发送时间|發送時間|时间|日期|收件人|主题|主題|主旨|抄送)\*?\s*[:：]", re.IGNORECASE
+)
 OUTLOOK_RULE = re.compile(r"^_{10,}\s*$")
 WRAPPED_ON = re.compile(r"^On\b.{3,200}$")
 SIGNATURE_DELIMITER = re.compile(r"^(-- ?|—— ?)$")

@@ -7,6 +7,7 @@ times: a plain mail with a screenshot had ~50 header parses, a quarter of the wo
 (docs/performance.md). Parsed headers are immutable (a `str` subclass with read-only
 attributes), so sharing one object between accesses changes nothing else.
 """
+
 from __future__ import annotations
 
 import email.feedparser

@@ -11,14 +11,16 @@ transfers can wait on each other's memory.
 The message is dot-unstuffed (RFC 5321 4.5.2) as it streams: a line break at the end of a
 piece is held back until the next piece shows whether a stuffing dot follows it.
 """
+
 from __future__ import annotations
 
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 SPILL_AT = 1024 * 1024
 PIECE = 128 * 1024  # budget asked for before each read: at most one piece of the stream reader's window
@@ -110,8 +112,13 @@ class Unstuffer:
         return out
 
 
-async def read_data(reader: asyncio.StreamReader, limit: int, budget: ReceiveBudget, spill_dir: Path,
-                    progress: Callable[[], None] = lambda: None) -> Received | None:
+async def read_data(
+    reader: asyncio.StreamReader,
+    limit: int,
+    budget: ReceiveBudget,
+    spill_dir: Path,
+    progress: Callable[[], None] = lambda: None,
+) -> Received | None:
     """The message up to its dot line, dot-unstuffed; None when it was longer than `limit` (then
     it is read to its end and dropped, as RFC 5321 4.2.5 asks). `progress` is called on every
     piece (the command timeout counts silence, not the transfer's length); TooSlow when the

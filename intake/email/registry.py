@@ -5,6 +5,7 @@ parsed or set. Composing one acknowledgement set ~10 headers, and that class bui
 seventh of the senders' CPU during a burst (py-spy, bench/smtp_intake.py). The classes it
 builds for one header name are all alike, so one per name is kept.
 """
+
 from __future__ import annotations
 
 import email.headerregistry

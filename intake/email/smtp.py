@@ -8,6 +8,7 @@ aiosmtpd runs its event loop in a thread of its own. SQLite work must not block 
 (other clients are mid-conversation), so commits run on one dedicated thread that owns its
 own connection and commits what arrived together (store/committer.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,25 +16,26 @@ import hmac
 import logging
 import ssl
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from refunddesk.desk import Desk
 from refunddesk.store import spool
-from refunddesk.store.committer import GroupCommitter
 from refunddesk.store.clock import utcnow
+from refunddesk.store.committer import GroupCommitter
 
 from . import authresults
 from .body import MailRejected
 from .parse import MAX_HEADER_BYTES, check_structure, mail_conversation, split_plus
-from .receiving import MIN_RATE, Connections, NotStored, Received, ReceiveBudget, Spliced, TooSlow, read_data
+from .receiving import MIN_RATE, Connections, NotStored, ReceiveBudget, Received, Spliced, TooSlow, read_data
 
 log = logging.getLogger("refunddesk.smtp")
 MAX_RECIPIENTS = 50
 COMMAND_TIMEOUT = 120  # seconds a client may stay silent mid-conversation
-LINE_LIMIT = 65_536    # real mail breaks RFC 5321's 1000; refusing it would lose customers' mail
+LINE_LIMIT = 65_536  # real mail breaks RFC 5321's 1000; refusing it would lose customers' mail
 REPLY_ACCEPTED = "250 2.0.0 Message accepted"
 REPLY_UNKNOWN_RECIPIENT = "550 5.1.1 Recipient address rejected: no such mailbox here"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
@@ -64,8 +66,11 @@ class IntakeSMTP(SMTP):
         connections: Connections = self.event_handler.connections
         client = peer_of(self.session)
         if not connections.admit(client):
-            log.warning("refused a connection from %s: too many connections (email.smtp_intake.max_connections%s)",
-                        client, "_per_client" if connections.count < connections.total else "")
+            log.warning(
+                "refused a connection from %s: too many connections (email.smtp_intake.max_connections%s)",
+                client,
+                "_per_client" if connections.count < connections.total else "",
+            )
             await self.push(REPLY_TOO_MANY_CONNECTIONS)
             self.transport.close()
             return
@@ -87,9 +92,13 @@ class IntakeSMTP(SMTP):
         await self.push(REPLY_GO_AHEAD)
         handler = self.event_handler
         try:
-            received = await read_data(self._reader, self.data_size_limit, handler.budget, handler.spill_dir, self._reset_timeout)
+            received = await read_data(
+                self._reader, self.data_size_limit, handler.budget, handler.spill_dir, self._reset_timeout
+            )
         except NotStored as exc:
-            log.error("could not keep a message from %s while it arrived (%s); answered 451", peer_of(self.session), exc)
+            log.error(
+                "could not keep a message from %s while it arrived (%s); answered 451", peer_of(self.session), exc
+            )
             self._set_post_data_state()
             await self.push(REPLY_TRY_LATER)
             return
@@ -131,7 +140,9 @@ class Spooler:
         transport_id, now = f"smtp:{uuid.uuid4().hex}", utcnow()
         conversation = mail_conversation(raw if isinstance(raw, bytes) else raw.start, meta)
         size = len(raw) if isinstance(raw, bytes) else raw.size
-        return await self.committer.write(lambda db: spool.spool(db, "email", transport_id, raw, now, meta, conversation)[0], size)
+        return await self.committer.write(
+            lambda db: spool.spool(db, "email", transport_id, raw, now, meta, conversation)[0], size
+        )
 
     def close(self) -> None:
         self.committer.close()
@@ -154,7 +165,9 @@ class IntakeHandler:
         base, _ = split_plus(address.strip().lower())
         return base in self.desk.addresses.ours()
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         if not self.accepts(address):
             return REPLY_UNKNOWN_RECIPIENT
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
@@ -188,13 +201,23 @@ class IntakeHandler:
                 "authentication": verdict,
             }
             if session.authenticated:
-                meta["auth_user"] = str(session.auth_data.login, "utf-8", "replace") if isinstance(session.auth_data, LoginPassword) else True
+                meta["auth_user"] = (
+                    str(session.auth_data.login, "utf-8", "replace")
+                    if isinstance(session.auth_data, LoginPassword)
+                    else True
+                )
             inbound_id = await self.spooler.store(raw, meta)
         except Exception:
             # Ours to fix, never the sender's: a 4xx makes the sender keep the mail and retry.
             log.exception("could not store a message from %s; answered 451", peer_of(session))
             return REPLY_TRY_LATER
-        log.info("stored inbound %s (%d bytes) from %s for %s", inbound_id, received.size, peer_of(session), ", ".join(envelope.rcpt_tos))
+        log.info(
+            "stored inbound %s (%d bytes) from %s for %s",
+            inbound_id,
+            received.size,
+            peer_of(session),
+            ", ".join(envelope.rcpt_tos),
+        )
         try:
             self.wake()
         except Exception:  # the worker also polls; a failed doorbell only delays processing
