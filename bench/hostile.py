@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import REFUNDS, Serve, base_settings, header, process_tree, scratch, vm_status, wait_for
+from _common import REFUNDS, Serve, base_settings, header, port_open, process_tree, scratch, vm_status, wait_for
 
 MB = 2**20
 TICKS = 100  # /proc's clock ticks per second (SC_CLK_TCK on Linux)
@@ -44,6 +44,17 @@ def send(port: int, raw: bytes, sender: str) -> str:
         return f"{exc.smtp_code}"
     except (smtplib.SMTPException, OSError) as exc:
         return type(exc).__name__
+
+
+def at_once(work: Callable[[int], None], count: int, timeout: float = 1800) -> float:
+    """`work(0)` ... `work(count - 1)` in threads started together; the seconds until all ended."""
+    started = time.monotonic()
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return time.monotonic() - started
 
 
 class Desk:
@@ -159,13 +170,7 @@ def parallel_large(baseline: float, count: int = 150, size: int = 10 * MB) -> No
         with lock:
             answers.append(answer)
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(1800)
-    seconds = time.monotonic() - started
+    seconds = at_once(one, count)
     accepted = answers.count("250")
     stored = len(desk.rows())
     desk.report(f"{count} parallel {size // MB} MB DATA without SIZE", seconds, f"{accepted} accepted, {stored} stored", baseline)
@@ -178,7 +183,7 @@ def slow_holder(baseline: float) -> None:
     stream.readline()
     for line in (b"EHLO slow.test\r\n", b"MAIL FROM:<slow@customer.test> SIZE=2000000\r\n", f"RCPT TO:<{REFUNDS}>\r\n".encode(), b"DATA\r\n"):
         holder.sendall(line)
-        while (reply := stream.readline())[3:4] == b"-":
+        while stream.readline()[3:4] == b"-":  # a multi-line reply's last line has a space there
             pass
     holder.sendall(b"Subject: slow\r\n\r\nx")
     started = time.monotonic()
@@ -204,7 +209,7 @@ def logins(baseline: float, count: int = 40) -> None:
     db = real.open_db()
     agents.add(db, "alice", "correct horse battery staple", utcnow(), "bench")
     db.conn.close()
-    wait_for(lambda: _port(console), 30, 0.05, "the console")
+    wait_for(lambda: port_open(console), 30, 0.05, "the console")
     token = re.compile(r'name="csrf" value="([^"]+)"')
     statuses: list[int] = []
 
@@ -213,25 +218,12 @@ def logins(baseline: float, count: int = 40) -> None:
             csrf = token.search(http.get("/login").text).group(1)
             statuses.append(http.post("/login", data={"name": "alice", "password": f"guess {n}", "csrf": csrf}).status_code)
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=guess, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    seconds = time.monotonic() - started
+    seconds = at_once(guess, count)
     with desk.serve.db() as conn:
         counted = conn.execute("SELECT count(*) FROM events WHERE action IN ('login_failed', 'login_throttled')").fetchone()[0]
     desk.report(f"{count} concurrent wrong logins", seconds, f"{statuses.count(401)} checked, {statuses.count(429)} refused, {counted} counted",
                 baseline)
 
-
-def _port(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 ATTACKS: dict[str, Callable[[float], None]] = {

@@ -410,6 +410,7 @@ class TelegramBot:
     async def fetch_file(self, file_id: str, filename: str, content_type: str) -> tuple[str, dict[str, Any]]:
         """("files" | "refused_files" | "lost_files", its entry). A failed try is tried again,
         after the wait Telegram named or a growing pause, a few times; then the file is lost."""
+        error: Exception  # set by the first failed try: the loop ends early only by returning
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             pause = DOWNLOAD_PAUSES[min(attempt, len(DOWNLOAD_PAUSES)) - 1]
             try:

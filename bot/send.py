@@ -20,7 +20,7 @@ from typing import Any
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
-from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure
+from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure, Window
 from refunddesk.render import environment, language_of
 
 log = logging.getLogger("refunddesk.bot.send")
@@ -61,6 +61,7 @@ def make_bot(config) -> Bot:
 
 class TelegramSender:
     channel = "telegram"
+    window: Window | None = None  # deliver_due's
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot

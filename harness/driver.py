@@ -26,6 +26,7 @@ from refunddesk.desk import Desk
 from refunddesk.intake import pipeline
 from refunddesk.outbound.delivery import deliver_due
 from refunddesk.outbound.email_sender import EmailSender
+from refunddesk.policy.model import Case
 from refunddesk.store import cases as case_store
 from refunddesk.store import spool
 from refunddesk.store.clock import utcnow
@@ -105,7 +106,7 @@ def mail_case(
     subject: str = "Refund request",
 ) -> str:
     """A complete refund case by email: the request, then a reply carrying the evidence."""
-    case_id = receive_mail(desk, db, mail(sender, subject, text, to=desk.addresses.refunds, html=html), when)
+    case_id = landed(receive_mail(desk, db, mail(sender, subject, text, to=desk.addresses.refunds, html=html), when))
     if files:
         receive_mail(
             desk,
@@ -168,10 +169,23 @@ def receive_chat(
     update_id = json.loads(raw)["update_id"]
     inbound_id, _ = spool.spool(db, "telegram", str(update_id), raw, when, meta)
     if pipeline.process(desk, db, inbound_id, when) == "dead":
-        raise AssertionError(
-            f"the pipeline dead-lettered the update: {db.execute('SELECT error FROM inbound WHERE id = ?', [inbound_id]).fetchone()[0]}"
-        )
+        error = db.execute("SELECT error FROM inbound WHERE id = ?", [inbound_id]).fetchone()[0]
+        raise AssertionError(f"the pipeline dead-lettered the update: {error}")
     return db.execute("SELECT case_id FROM inbound WHERE id = ?", [inbound_id]).fetchone()[0]
+
+
+def landed(case_id: str | None) -> str:
+    """The case a request opened; a request that opened none fails the test here."""
+    if case_id is None:
+        raise AssertionError("the request landed on no case")
+    return case_id
+
+
+def loaded(db: sqlite_utils.Database, case_id: str) -> Case:
+    case = case_store.load_case(db, case_id)
+    if case is None:
+        raise AssertionError(f"no case {case_id} in the store")
+    return case
 
 
 def chat_case(
@@ -183,12 +197,14 @@ def chat_case(
     language: str = "en",
 ) -> str:
     """A complete refund case in a Telegram chat: /refund, then answer whatever the bot asks."""
-    case_id = receive_chat(desk, db, telegram_update(chat_id, command="refund", language=language), when)
+    case_id = landed(receive_chat(desk, db, telegram_update(chat_id, command="refund", language=language), when))
     for _ in range(30):
-        case = case_store.load_case(db, case_id)
+        case = loaded(db, case_id)
         if case.status == "queued":
             return case_id
-        asking = case.dialog.get("asking")
+        asking: str | None = case.dialog.get("asking")
+        if asking is None:
+            raise AssertionError(f"the chat dialog asks nothing, and {case_id} is not queued: {case}")
         spec = desk.policy.versions[-1].field(asking) if asking else None
         if asking == "evidence":
             if case.attachments:
@@ -232,4 +248,7 @@ def letters_to(folder: Path, recipient: str) -> list[email.message.EmailMessage]
 
 
 def body_of(msg: email.message.EmailMessage) -> str:
-    return msg.get_body(preferencelist=("plain",)).get_content()
+    body = msg.get_body(preferencelist=("plain",))
+    if body is None:
+        raise AssertionError(f"the letter has no text part: {msg['Subject']}")
+    return body.get_content()

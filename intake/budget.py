@@ -71,15 +71,16 @@ class Budget:
     def ring(self, signum, frame) -> None:
         """ITIMER_PROF counts the CPU of every thread of the process (the senders' too): it rings
         no later than this thread's budget is spent, perhaps before."""
-        if self.current is None:  # a late alarm, after the message was done, is ignored
+        seconds = self.seconds  # never None here: the alarm is only set up with a budget
+        if self.current is None or seconds is None:  # a late alarm, after the message was done, is ignored
             return
-        left = self.seconds - self.before - (time.thread_time() - self.started)
+        left = seconds - self.before - (time.thread_time() - self.started)
         if left > 0:
             signal.setitimer(signal.ITIMER_PROF, left)
             return
         # Again soon after: one alarm may land in a bare `except:` (there is one in the standard
         # library's header parser) and be swallowed.
-        signal.setitimer(signal.ITIMER_PROF, max(0.05, self.seconds / 10))
+        signal.setitimer(signal.ITIMER_PROF, max(0.05, seconds / 10))
         raise OverBudget(self.current)
 
     def reset(self) -> None:

@@ -34,7 +34,7 @@ from refunddesk.policy.text import READ_LIMIT
 from refunddesk.render import render
 from refunddesk.store import cases as case_store
 from refunddesk.store import events, evidence, outbox, spool
-from refunddesk.store.clock import parse_stamp, utcnow
+from refunddesk.store.clock import required_stamp, utcnow
 from refunddesk.store.db import transaction
 
 log = logging.getLogger("refunddesk.pipeline")
@@ -49,7 +49,7 @@ TOO_LARGE_TO_READ = "too large to read"
 
 
 def parse(desk: Desk, row: dict[str, Any]) -> Parsed:
-    received_at = parse_stamp(row["received_at"])
+    received_at = required_stamp(row["received_at"])
     if row["channel"] == "email":
         return parse_mail(row["raw"], row["meta"], desk.addresses, received_at)
     if row["channel"] == "telegram":
@@ -191,6 +191,7 @@ def settle(desk: Desk, db: sqlite_utils.Database, item: Prepared, now: datetime,
                 return "dead"
             if item.failure is not None:
                 return keep_as_dead_letter(db, inbound_id, item.failure, now)
+            assert item.parsed is not None  # a Prepared that is not refused, failed or overdue was parsed
             return apply(desk, db, item.row, item.parsed, now, item.files, item.reading)
     except OverBudget:
         if not db.conn.in_transaction:
@@ -213,7 +214,8 @@ def keep_overdue(
     message_id = first_message_id(loops.header(head, "Message-ID")) if head is not None else ""
     budget = f"{seconds:g} s" if seconds is not None else "its budget"
     log.error(
-        "inbound %s%s took longer than its budget of %s (worker.message_seconds); stopped and kept as a dead letter: %s",
+        "inbound %s%s took longer than its budget of %s (worker.message_seconds); "
+        "stopped and kept as a dead letter: %s",
         inbound_id,
         f" (Message-ID {message_id})" if message_id else "",
         budget,
@@ -312,7 +314,7 @@ def apply(
 
     case = find_case(db, parsed)
     opened = case is None or wants_new_case(case, inbound)
-    if opened:
+    if opened or case is None:  # the same test (case is None only when opened), spelled out for mypy
         kind = "appeal" if inbound.command == "appeal" else ("refund" if inbound.command == "refund" else None)
         kind = kind or inbound.kind_hint or "refund"
         case = dialog.new_case(case_store.allocate_case_id(db, kind), inbound, inbound.received_at, kind)
@@ -321,8 +323,10 @@ def apply(
         events.record(db, case.id, "system", "case_opened", now, {"channel": inbound.channel, "kind": kind})
         case_store.save_case(db, case, now)  # evidence rows refer to the case, so it must exist first
 
+    # read_row stores one file (or None) per attachment, in order.
     stored = [
-        store_attachment(desk, db, case.id, a, inbound_id, now, file) for a, file in zip(inbound.attachments, files)
+        store_attachment(desk, db, case.id, a, inbound_id, now, file)
+        for a, file in zip(inbound.attachments, files, strict=True)
     ]
     inbound = replace(inbound, attachments=tuple(stored))
     if not opened and is_unverified(inbound):
@@ -335,23 +339,8 @@ def apply(
         case = case.evolve(parent_id=parent.id)
     case_store.save_case(db, case, now)
 
-    message_meta = {"message_id": parsed.message_id, "attachments": [a.metadata() for a in stored]}
     authentication = inbound.meta.get("authentication") or {}
-    if authentication:
-        message_meta["authentication"] = authentication
-    case_store.add_message(
-        db,
-        case.id,
-        "in",
-        inbound.channel,
-        inbound.received_at,
-        inbound.text,
-        sender=inbound.sender,
-        subject=inbound.subject,
-        html=parsed.html,
-        inbound_id=inbound_id,
-        meta=message_meta,
-    )
+    add_inbound_message(db, case, parsed, inbound, inbound_id, stored)
     if is_unverified(inbound):
         # Shown to agents: the trusted upstream MTA could not confirm who sent this mail, or its
         # From names another mailbox than its envelope.
@@ -411,6 +400,10 @@ def apply(
     for lost in inbound.meta.get("lost_files", ()):
         # A file the adapter could not get after its retries (bot/app.py): the customer sends it again.
         replies.insert(0, Reply("file_lost", {"case_id": case.id, "filename": lost.get("filename", "")}, "notice"))
+    if is_unverified(inbound):
+        # Anyone can put any address in From: a letter to it repeats nothing the mail said, so the
+        # desk cannot be made to carry someone's text to a third party's mailbox.
+        replies = [replace(r, context={**r.context, "fields": {}, "attachments": []}) for r in replies]
     for reply in replies:
         enqueue_reply(desk, db, case, reply, parsed, now)
     spool.finish(db, inbound_id, "done", now, case_id=case.id, dedup_key=parsed.dedup_key)
@@ -454,6 +447,34 @@ def answers_outside_dialog(db: sqlite_utils.Database, inbound) -> bool:
     )
 
 
+def add_inbound_message(
+    db: sqlite_utils.Database,
+    case: Case,
+    parsed: Parsed,
+    inbound: InboundMessage,
+    inbound_id: int,
+    stored: list[Attachment],
+    **extra: Any,
+) -> None:
+    """The customer's message on its case, with its files and what vouches for its sender."""
+    meta: dict[str, Any] = {"message_id": parsed.message_id, "attachments": [a.metadata() for a in stored], **extra}
+    if inbound.meta.get("authentication"):
+        meta["authentication"] = inbound.meta["authentication"]
+    case_store.add_message(
+        db,
+        case.id,
+        "in",
+        inbound.channel,
+        inbound.received_at,
+        inbound.text,
+        sender=inbound.sender,
+        subject=inbound.subject,
+        html=parsed.html,
+        inbound_id=inbound_id,
+        meta=meta,
+    )
+
+
 def is_unverified(inbound: InboundMessage) -> bool:
     """Mail whose sender nobody vouches for: the trusted MTA's checks failed, or its From names
     another mailbox than its envelope (a forged From)."""
@@ -474,25 +495,7 @@ def hold_unverified(
     see, but it changes no field and starts no dialog until the agent, or the case's verified
     sender, confirms what it says. No letter goes out for it (it could name anyone)."""
     authentication = inbound.meta.get("authentication") or {}
-    meta = {
-        "message_id": parsed.message_id,
-        "attachments": [a.metadata() for a in stored],
-        "authentication": authentication,
-        "held": True,
-    }
-    case_store.add_message(
-        db,
-        case.id,
-        "in",
-        inbound.channel,
-        inbound.received_at,
-        inbound.text,
-        sender=inbound.sender,
-        subject=inbound.subject,
-        html=parsed.html,
-        inbound_id=inbound_id,
-        meta=meta,
-    )
+    add_inbound_message(db, case, parsed, inbound, inbound_id, stored, held=True)
     events.record(
         db,
         case.id,
@@ -568,16 +571,23 @@ def enqueue_reply(
     channel: str | None = None,
 ) -> int:
     """Render a reply and put it in the outbox, suppressed when loop rules forbid an automatic answer."""
-    channel = channel or (case.channel if case else parsed.inbound.channel)
-    language = language or (case.language if case else parsed.inbound.language) or "en"
+    if case is not None:
+        channel = channel or case.channel
+        language = language or case.language or "en"
+        address, chat = case.contact, case.conversation_key
+    else:
+        assert parsed is not None  # a reply without a case answers the message it came from
+        channel = channel or parsed.inbound.channel
+        language = language or parsed.inbound.language or "en"
+        address, chat = parsed.inbound.sender, parsed.inbound.conversation_key
     context = {**reply.context, "style": dialog.style_of(channel), "channel": channel}
     context["letter"] = context
     subject, body = render(reply.template, language, context)
     if channel == "email":
-        recipient = recipient or (case.contact if case else parsed.inbound.sender)
+        recipient = recipient or address
         headers = email_headers(desk, case, parsed)
     else:
-        recipient = recipient or (case.conversation_key if case else parsed.inbound.conversation_key)
+        recipient = recipient or chat
         headers = {}
     status, reason = "pending", None
     automatic = reply.kind in ("ack", "dialog", "notice")

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
@@ -26,6 +26,9 @@ from refunddesk.store import cases as case_store
 from refunddesk.store import events
 from refunddesk.store.clock import parse_stamp, stamp, utcnow
 from refunddesk.store.db import transaction
+
+if TYPE_CHECKING:
+    from refunddesk.outbound.delivery import Bell
 
 log = logging.getLogger("refunddesk.reminders")
 QUIET_FOR = timedelta(hours=24)
@@ -66,7 +69,8 @@ def collecting_cases(
     every collecting case each pass held serve's interpreter ~90 ms on a store of 1,000,000
     cases, and the console stalled meanwhile (bench/queue_scale.py)."""
     rows = db.query(
-        "SELECT c.*, (SELECT max(m.at) FROM messages m WHERE m.case_id = c.id AND m.direction = 'in') AS last_inbound_at "
+        "SELECT c.*, (SELECT max(m.at) FROM messages m WHERE m.case_id = c.id AND m.direction = 'in') "
+        "AS last_inbound_at "
         "FROM cases c WHERE c.status = 'collecting' AND c.deadline_at > ? AND c.deadline_at <= ? ORDER BY c.id",
         [stamp(now), stamp(now + within)],
     )
@@ -111,9 +115,7 @@ def reminder_context(desk: Desk, db: sqlite_utils.Database, case: Case) -> dict[
     }
 
 
-async def watch(
-    desk: Desk, stopping: threading.Event, outbound: threading.Event, every: float = CHECK_EVERY_SECONDS
-) -> None:
+async def watch(desk: Desk, stopping: threading.Event, outbound: Bell, every: float = CHECK_EVERY_SECONDS) -> None:
     """The service's periodic task: look for due reminders, and ring the senders if any."""
     db = desk.open_db()
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -41,8 +42,16 @@ class PermanentFailure(Exception):
     pass
 
 
+class Bell(Protocol):
+    """What the watchers ring when letters are due: the worker processes in serve (their
+    lane 0 sends), or a threading.Event where the senders wait on one."""
+
+    def set(self) -> None: ...
+
+
 class Sender(Protocol):
     channel: str
+    window: Window | None  # deliver_due's, kept between its passes (None until the first)
 
     async def deliver(self, row: dict[str, Any]) -> None: ...
 
@@ -64,18 +73,20 @@ class Window:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     @contextlib.asynccontextmanager
-    async def slot(self):
-        if self.loop is not asyncio.get_running_loop():  # a Condition belongs to one loop
-            self.loop, self.changed, self.in_flight = asyncio.get_running_loop(), asyncio.Condition(), 0
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.in_flight < self.size)
+    async def slot(self) -> AsyncIterator[Window]:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop or self.changed is None:  # a Condition belongs to one loop
+            self.loop, self.changed, self.in_flight = loop, asyncio.Condition(), 0
+        changed = self.changed
+        async with changed:
+            await changed.wait_for(lambda: self.in_flight < self.size)
             self.in_flight += 1
         try:
             yield self
         finally:
-            async with self.changed:
+            async with changed:
                 self.in_flight -= 1
-                self.changed.notify_all()
+                changed.notify_all()
 
     def succeeded(self) -> None:
         self.size = min(self.limit, self.size + 1)
@@ -90,7 +101,7 @@ async def deliver_due(db: sqlite_utils.Database, sender: Sender, now: datetime |
     Letters to one recipient go one after another, in the order they were written (a chat
     never sees the second question before the first); different recipients' at once, as
     many as the sender's window allows."""
-    window = getattr(sender, "window", None)
+    window = getattr(sender, "window", None)  # a sender that declares none (a test's) gets one too
     if window is None:
         window = sender.window = Window()
     chains: dict[str, list[dict[str, Any]]] = {}

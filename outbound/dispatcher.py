@@ -80,8 +80,8 @@ async def rest(sender: Sender) -> None:
 
 
 def next_wait(db, senders: list[Sender]) -> float:
-    soonest = [next_due_at(db, s.channel) for s in senders]
-    soonest = [s for s in soonest if s is not None]
+    due = [next_due_at(db, s.channel) for s in senders]
+    soonest = [s for s in due if s is not None]
     if not soonest:
         return IDLE_WAIT
     return max(0.05, min(IDLE_WAIT, (min(soonest) - utcnow()).total_seconds()))

@@ -29,7 +29,7 @@ import aiosmtplib
 from refunddesk.config import OutgoingSettings
 from refunddesk.intake.email.charsets import one_line
 from refunddesk.intake.email.registry import WRITING, WRITING_UTF8
-from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure
+from refunddesk.outbound.delivery import PermanentFailure, TemporaryFailure, Window
 
 if TYPE_CHECKING:
     from refunddesk.desk import Desk
@@ -98,6 +98,7 @@ class EmailSender:
     is closed, never reused."""
 
     channel = "email"
+    window: Window | None = None  # deliver_due's
     SESSION_IDLE = 5.0  # seconds: past this an idle session is closed (close_idle) or probed
     SESSION_LETTERS = 100  # letters per session, then a fresh one (as Postfix's reuse limit)
 
@@ -192,7 +193,8 @@ class EmailSender:
         if self.loop is not asyncio.get_running_loop():
             self.forget_sessions()
             return
-        keep, stale = [], []
+        keep: list[Session] = []
+        stale: list[Session] = []
         for session in self.idle:
             (stale if session.idle_for() >= limit else keep).append(session)
         self.idle = keep

@@ -181,22 +181,22 @@ def _absorb(
     # button pressed later (another field's choice, "done") must not be read as the answer.
     command = inbound.command or ""
     if asking and asking not in ("evidence", "confirm") and (text.strip() or command.startswith(f"choose:{asking}:")):
-        value, problem = answers.read_answer(asking, text, inbound.command, now, tz, version)
+        values, problem = answers.read_answer(asking, text, inbound.command, now, tz, version)
         if problem:
             invalid[asking] = problem
-        elif value:
-            updates.update(value)
+        elif values:
+            updates.update(values)
     elif inbound.command and inbound.command.startswith("choose:"):
         _, name, choice = inbound.command.split(":", 2)
-        value, problem = answers.read_answer(name, choice, inbound.command, now, tz, version)
-        if value:
-            updates.update(value)
+        values, problem = answers.read_answer(name, choice, inbound.command, now, tz, version)
+        if values:
+            updates.update(values)
 
     for name in ("reason", "credit_type", "payment_method"):
         if not case.fields.get(name) and name not in updates and version.field(name) and text.strip():
-            choice = answers.guess_choice(name, text, version)
-            if choice:
-                updates[name] = choice
+            guessed = answers.guess_choice(name, text, version)
+            if guessed:
+                updates[name] = guessed
 
     if case.kind == "appeal" and not case.fields.get("parent_ref"):
         ref = inbound.case_ref or _case_ref_in(text + " " + inbound.subject, exclude=case.id)

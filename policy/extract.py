@@ -353,7 +353,8 @@ class _LabelHit:
 def _label_hits(body: str) -> list[_LabelHit]:
     matches = list(_LABEL.finditer(body))
     hits = []
-    for m, following in zip(matches, [*matches[1:], None]):
+    # Each label with the next one (None after the last); with no label at all, zip stops at once.
+    for m, following in zip(matches, [*matches[1:], None], strict=False):
         field = _LABEL_FIELD[re.sub(r"\s+", " ", m.group("label").lower())]
         line_end = body.find("\n", m.end())
         line_end = len(body) if line_end < 0 else line_end
@@ -759,8 +760,8 @@ def read_hours(text: str, *, answer: bool = False) -> Decimal | None:
     if "outage_hours" in prepared.labels:
         return read_hours(prepared.labels["outage_hours"], answer=True)
     found = set(find_outage_hours(prepared.free, answer=answer))
-    if answer and not found and _bare_number(prepared.free) is not None:
-        found = {_bare_number(prepared.free)}
+    if answer and not found and (bare := _bare_number(prepared.free)) is not None:
+        found = {bare}
     return found.pop() if len(found) == 1 else None
 
 

@@ -8,6 +8,7 @@ amount the text makes certain, and returns None when two amounts compete: the di
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -321,7 +322,8 @@ def find_amounts(text: str, *, answer: bool = False) -> list[AmountMention]:
     for m in _MONEY_CN.finditer(text):
         value = cn_number(m.group("num"))
         if value and not any(f.start <= m.start() < f.end for f in found):
-            amount = Decimal(value) + (Decimal(cn_number(m.group("jiao"))) / 10 if m.group("jiao") else 0)
+            jiao = cn_number(m.group("jiao")) if m.group("jiao") else None  # one digit: always a number
+            amount = Decimal(value) + (Decimal(jiao) / 10 if jiao is not None else 0)
             found.append(
                 AmountMention(
                     m.start(), m.end(), Money(amount, _currency(m.group("post"))), _roles(text, m.start(), m.end())
@@ -401,9 +403,10 @@ def choose_amount(mentions: list[AmountMention], text: str) -> Money | None:
 
 def _written_precision(amount: Decimal) -> int:
     """Prefer '12.50' over '12.5' when both spellings of one amount occur."""
-    return -amount.as_tuple().exponent if isinstance(amount.as_tuple().exponent, int) else 0
+    exponent = amount.as_tuple().exponent  # 'n', 'N' or 'F' for NaN and infinity
+    return -exponent if isinstance(exponent, int) else 0
 
 
 def _is_list(mentions: list[AmountMention], text: str) -> bool:
     """'$5, $5 and $5': several charges listed, whose total nobody wrote down."""
-    return any(_LIST_GAP.fullmatch(text[a.end : b.start]) for a, b in zip(mentions, mentions[1:]))
+    return any(_LIST_GAP.fullmatch(text[a.end : b.start]) for a, b in itertools.pairwise(mentions))

@@ -60,6 +60,10 @@ class _Clock:
     bare: bool = False  # "at 9": a time only beside a part of day ("this morning at 9")
 
 
+# A date phrase and the clock time beside it; either may be missing, not both.
+_Pair = tuple[_DatePhrase | None, _Clock | None]
+
+
 # ---------------------------------------------------------------- vocabulary
 
 D = "[0-9]"
@@ -580,10 +584,10 @@ def _clocks(text: str) -> list[_Clock]:
         midnight = m.group("hour") in ("零", "〇") and not re.match(rf"{D}|{CN_NUM}", text[m.end() : m.end() + 1])
         if raw_hour is None or (not part and not m.group("hour").isdigit() and not midnight):
             continue
-        minute = _zh_minute(m)
+        zh_minute = _zh_minute(m)
         hour = _to_24h(raw_hour, part)
-        if hour is not None and minute is not None and minute <= 59:
-            found.append(_Clock(m.start(), m.end(), hour, minute, 0, part))
+        if hour is not None and zh_minute is not None and zh_minute <= 59:
+            found.append(_Clock(m.start(), m.end(), hour, zh_minute, 0, part))
     for m in _CLOCK_EN_PHRASE.finditer(text):
         part = _PARTS.get((m.group(3) or m.group(4)).lower())
         hour, minute = _to_24h(int(m.group(1)), part), int(m.group(2) or 0)
@@ -689,31 +693,31 @@ def _weak_ok(text: str, phrase: _DatePhrase) -> bool:
     )
 
 
-def _pair(text: str, phrases: list[_DatePhrase], clocks: list[_Clock]):
+def _pair(text: str, phrases: list[_DatePhrase], clocks: list[_Clock]) -> list[_Pair]:
     """Attach each clock time to the date phrase touching it, if one does."""
-    items = sorted([*phrases, *clocks], key=lambda x: x.start)
-    pairs, used = [], set()
+    items: list[_DatePhrase | _Clock] = sorted([*phrases, *clocks], key=lambda x: x.start)
+    pairs: list[_Pair] = []
+    used: set[int] = set()
     for i, item in enumerate(items):
         if id(item) in used:
             continue
+        after = items[i + 1] if i + 1 < len(items) else None
         if (
             isinstance(item, _DatePhrase)
-            and i + 1 < len(items)
-            and isinstance(items[i + 1], _Clock)
+            and isinstance(after, _Clock)
             and item.exact is None
-            and _touching(text, item, items[i + 1])
+            and _touching(text, item, after)
         ):
-            pairs.append((item, items[i + 1]))
-            used.add(id(items[i + 1]))
+            pairs.append((item, after))
+            used.add(id(after))
         elif (
             isinstance(item, _Clock)
-            and i + 1 < len(items)
-            and isinstance(items[i + 1], _DatePhrase)
-            and items[i + 1].exact is None
-            and _touching(text, item, items[i + 1])
+            and isinstance(after, _DatePhrase)
+            and after.exact is None
+            and _touching(text, item, after)
         ):
-            pairs.append((items[i + 1], item))
-            used.add(id(items[i + 1]))
+            pairs.append((after, item))
+            used.add(id(after))
         elif isinstance(item, _DatePhrase):
             pairs.append((item, None))
         else:
@@ -726,9 +730,9 @@ def _touching(text: str, first, second) -> bool:
     return len(gap) <= 16 and _PAIR_GAP.fullmatch(gap) is not None
 
 
-def _drop_range_ends(text: str, pairs):
+def _drop_range_ends(text: str, pairs: list[_Pair]) -> list[_Pair]:
     """'between 14:00 and 16:00 yesterday', 'from Nov 18 to Nov 20': the incident is the start."""
-    kept = []
+    kept: list[_Pair] = []
     for pair in pairs:
         if kept:
             prev = kept[-1]
@@ -754,9 +758,9 @@ def _resolve(phrase: _DatePhrase | None, clock: _Clock | None, now: datetime, tz
         if day is None:
             return None
         return Moment(_tz_localize(datetime.combine(day, time()), tz), True)
-    hour = clock.hour
+    hour: int | None = clock.hour
     if clock.part is None and phrase is not None and phrase.part:
-        hour = _to_24h(hour, phrase.part)
+        hour = _to_24h(clock.hour, phrase.part)
     if day is None or hour is None:
         return None
     if phrase is not None and phrase.part == "evening" and hour < 5:
@@ -834,7 +838,7 @@ _DURATION = re.compile(
     r"(?:\s+and\s+a\s+half)?|半天|一整天|整天|半小时|半个小时)",
     re.IGNORECASE,
 )
-_UNIT_HOURS = {
+_UNIT_HOURS: dict[str, int | Decimal] = {
     "hour": 1,
     "hr": 1,
     "h": 1,
@@ -863,7 +867,13 @@ _NOT_OUTAGE_BEFORE = re.compile(r"(?:\b(?:within|in|every|each|per|after|first|l
 
 def _duration_hours(m: re.Match) -> Decimal | None:
     whole = m.group(0).strip()
-    fixed = {"半天": 12, "一整天": 24, "整天": 24, "半小时": Decimal("0.5"), "半个小时": Decimal("0.5")}
+    fixed: dict[str, int | Decimal] = {
+        "半天": 12,
+        "一整天": 24,
+        "整天": 24,
+        "半小时": Decimal("0.5"),
+        "半个小时": Decimal("0.5"),
+    }
     if whole in fixed:
         return Decimal(fixed[whole])
     amount_text, unit = m.group(1).lower(), m.group(3).lower()

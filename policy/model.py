@@ -104,7 +104,7 @@ class Reply:
 class Case:
     """A refund request or an appeal. `fields` holds what the customer told us, as strings."""
 
-    id: str | None
+    id: str
     kind: str
     status: str
     channel: str

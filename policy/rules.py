@@ -140,7 +140,8 @@ def check_limits(case: Case, version: PolicyVersion, ctx: Context, now: datetime
         yield Finding(
             "below_minimum",
             limits.get("minimum_clause", ""),
-            f"{amount} is below the minimum single refund of {limits['minimum_refund']}; it accumulates to the next one.",
+            f"{amount} is below the minimum single refund of {limits['minimum_refund']}; "
+            "it accumulates to the next one.",
             False,
         )
 

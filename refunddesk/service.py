@@ -49,10 +49,12 @@ def listeners(config: Config) -> list[tuple[str, int, str]]:
 def listen_error(exc: BaseException, host: str, port: int, table: str, source: str) -> ListenError | None:
     """The one-line account of a failure to listen, or None when `exc` is no such failure.
     Looks through the causes: a channel may wrap the OSError in an error of its own."""
-    while exc is not None and not isinstance(exc, OSError):
-        exc = exc.__cause__
-    if exc is None:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    if cause is None:
         return None
+    exc = cause
     if isinstance(exc, socket.gaierror):
         return ListenError(f"{host} is no address of this machine: {exc.strerror} ({table}.host in {source})")
     address = endpoint(host, port)
@@ -76,7 +78,10 @@ def check_listeners(config: Config) -> None:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
         except OSError as exc:
-            raise listen_error(exc, host, port, table, config.source) or exc
+            error = listen_error(exc, host, port, table, config.source)
+            if error is None:
+                raise
+            raise error from None  # the one-line account stands for the OSError, as in listening()
 
 
 class Service:

@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlite_utils
 from starlette.requests import Request
 
-from refunddesk.store.clock import parse_stamp, stamp
+from refunddesk.store.clock import required_stamp, stamp
 from refunddesk.store.db import transaction
 
 # Per agent name and address, a handful; per address more, because many agents may share one
@@ -127,7 +127,7 @@ def session_valid(db: sqlite_utils.Database, sid: str, agent: str, now: datetime
         "WHERE s.id = ? AND s.agent = ? AND s.revoked_at IS NULL AND a.disabled = 0",
         [sid, agent],
     ).fetchone()
-    return row is not None and (now - parse_stamp(row[0])).total_seconds() < max_age
+    return row is not None and (now - required_stamp(row[0])).total_seconds() < max_age
 
 
 def revoke_session(db: sqlite_utils.Database, sid: str, now: datetime) -> None:

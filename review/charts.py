@@ -15,7 +15,10 @@ COLORS = {"email": "#2f6db5", "telegram": "#33a37a", "bar": "#5b7db1", "late": "
 
 
 def svg(title: str, body: list[str]) -> Markup:
-    head = f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" class="chart">'
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img"'
+        f' aria-label="{escape(title)}" class="chart">'
+    )
     return Markup(head + f"<title>{escape(title)}</title>" + "".join(body) + "</svg>")
 
 
@@ -23,7 +26,8 @@ def axis(top: float) -> list[str]:
     plot_h = HEIGHT - MARGIN_BOTTOM - MARGIN_TOP
     parts = [
         f'<line x1="{MARGIN_LEFT}" y1="{MARGIN_TOP}" x2="{MARGIN_LEFT}" y2="{HEIGHT - MARGIN_BOTTOM}" stroke="#888"/>',
-        f'<line x1="{MARGIN_LEFT}" y1="{HEIGHT - MARGIN_BOTTOM}" x2="{WIDTH - 8}" y2="{HEIGHT - MARGIN_BOTTOM}" stroke="#888"/>',
+        f'<line x1="{MARGIN_LEFT}" y1="{HEIGHT - MARGIN_BOTTOM}" x2="{WIDTH - 8}" y2="{HEIGHT - MARGIN_BOTTOM}"'
+        ' stroke="#888"/>',
     ]
     for step in range(0, 5):
         value = top * step / 4
@@ -67,11 +71,13 @@ def cases_per_day(
                     f' fill="{COLORS[channel]}"><title>{title}</title></rect>'
                 )
         parts.append(
-            f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - MARGIN_BOTTOM + 14}" font-size="9" text-anchor="middle" fill="#555">{escape(day["date"][5:])}</text>'
+            f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - MARGIN_BOTTOM + 14}" font-size="9" text-anchor="middle"'
+            f' fill="#555">{escape(day["date"][5:])}</text>'
         )
     for offset, channel in enumerate(channels):
         parts.append(
-            f'<rect x="{MARGIN_LEFT + 10 + offset * 90}" y="{HEIGHT - 12}" width="10" height="10" fill="{COLORS[channel]}"/>'
+            f'<rect x="{MARGIN_LEFT + 10 + offset * 90}" y="{HEIGHT - 12}" width="10" height="10"'
+            f' fill="{COLORS[channel]}"/>'
             f'<text x="{MARGIN_LEFT + 24 + offset * 90}" y="{HEIGHT - 3}" font-size="10" fill="#333">'
             f"{escape(name(channel, channel))}</text>"
         )
@@ -91,22 +97,26 @@ def times_against_limit(
     slot = plot_w / max(len(items), 1)
     y_of = lambda value: HEIGHT - MARGIN_BOTTOM - plot_h * value / top  # noqa: E731
     parts = axis(top)
-    for index, (item, allowed) in enumerate(zip(items, limits)):
+    for index, (item, allowed) in enumerate(zip(items, limits, strict=True)):  # one limit per item, above
         x = MARGIN_LEFT + index * slot + slot * 0.15
         late = item["hours"] > allowed
         y = y_of(item["hours"])
         parts.append(
-            f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{HEIGHT - MARGIN_BOTTOM - y:.1f}" fill="{COLORS["late" if late else "bar"]}">'
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{HEIGHT - MARGIN_BOTTOM - y:.1f}"'
+            f' fill="{COLORS["late" if late else "bar"]}">'
             f"<title>{escape(item['case_id'])}: {item['hours']:g} {unit} (limit {allowed:g} {unit})</title></rect>"
         )
         if limit_key:
             parts.append(
-                f'<line x1="{x - 1:.1f}" x2="{x + slot * 0.7 + 1:.1f}" y1="{y_of(allowed):.1f}" y2="{y_of(allowed):.1f}" stroke="{COLORS["limit"]}" stroke-width="2"/>'
+                f'<line x1="{x - 1:.1f}" x2="{x + slot * 0.7 + 1:.1f}"'
+                f' y1="{y_of(allowed):.1f}" y2="{y_of(allowed):.1f}" stroke="{COLORS["limit"]}" stroke-width="2"/>'
             )
     if limit is not None:
         parts.append(
-            f'<line x1="{MARGIN_LEFT}" x2="{WIDTH - 8}" y1="{y_of(limit):.1f}" y2="{y_of(limit):.1f}" stroke="{COLORS["limit"]}" stroke-dasharray="4 3"/>'
-            f'<text x="{WIDTH - 10}" y="{y_of(limit) - 4:.1f}" font-size="10" text-anchor="end" fill="{COLORS["limit"]}">limit {limit:g} {unit}</text>'
+            f'<line x1="{MARGIN_LEFT}" x2="{WIDTH - 8}" y1="{y_of(limit):.1f}" y2="{y_of(limit):.1f}"'
+            f' stroke="{COLORS["limit"]}" stroke-dasharray="4 3"/>'
+            f'<text x="{WIDTH - 10}" y="{y_of(limit) - 4:.1f}" font-size="10" text-anchor="end"'
+            f' fill="{COLORS["limit"]}">limit {limit:g} {unit}</text>'
         )
     if not items:
         parts.append(

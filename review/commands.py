@@ -474,6 +474,16 @@ def cmd_sla(args: argparse.Namespace) -> int:
         )
     if result.open_overdue:
         print(f"overdue in the queue: {', '.join(result.open_overdue)}")
+    print(
+        f"dead letters: {result.dead_letter_count}"
+        + (
+            " (refunddesk deadletters list; retry with refunddesk deadletters retry ID)"
+            if result.dead_letter_count
+            else ""
+        )
+    )
+    for dead in result.dead_letters[:10]:
+        print(f"  inbound {dead['id']} ({dead['channel']}, {dead['received_at'][:16]}): {dead['error'] or ''}")
     return 0
 
 

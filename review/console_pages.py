@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from refunddesk.policy.model import CHANNELS, KINDS, STATUSES
-from refunddesk.store import events
+from refunddesk.store import events, spool
 from refunddesk.store.cases import load_case
 from refunddesk.store.clock import utcnow
+from refunddesk.store.db import transaction
 from refunddesk.store.evidence import relative_path
 
 from . import charts, csrf
@@ -93,6 +94,30 @@ class Pages:
                 "Review time per case against its due date (hours)", result.review_times, limit_key="allowed_hours"
             ),
         )
+
+    async def retry_dead_letter(self, request: Request, agent: str) -> Response:
+        """Back to pending: the worker processes it again within a second (worker/process.py's idle pass)."""
+        form = await request.form()
+        csrf.check(request, form)
+        try:
+            inbound_id = int(request.path_params["inbound_id"])
+        except ValueError:
+            raise HTTPException(404, "no such dead letter") from None
+
+        def retry(db) -> bool:
+            with transaction(db):
+                if not spool.requeue(db, inbound_id):
+                    return False
+                events.record(db, None, agent, "dead_letter_retried", utcnow(), {"inbound": inbound_id})
+                return True
+
+        retried = await self.console.in_db(retry)
+        request.session["flash"] = (
+            f"Inbound {inbound_id} is processed again now."
+            if retried
+            else f"Inbound {inbound_id} is no dead letter (any more)."
+        )
+        return RedirectResponse("/dashboard#dead-letters", 303)
 
     # --- a case --------------------------------------------------------------------------------
 

@@ -66,11 +66,13 @@ def approve(
         cap_clause = version.decision.get("cap_clause", "")
         if requested is None:
             raise DecisionError(
-                f"{case.id} has no requested amount on record, so the cap ({cap_clause}) cannot be checked; ask the customer first"
+                f"{case.id} has no requested amount on record, so the cap ({cap_clause}) cannot be checked; "
+                "ask the customer first"
             )
         if value > requested:
             raise DecisionError(
-                f"{value} exceeds the requested amount {requested}: only the abnormally consumed amount is refunded ({cap_clause})"
+                f"{value} exceeds the requested amount {requested}: "
+                f"only the abnormally consumed amount is refunded ({cap_clause})"
             )
         currency = (
             case.fields.get("currency") or (parent.fields.get("currency") if parent else None) or desk.policy.currency

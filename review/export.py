@@ -18,7 +18,7 @@ import sqlite_utils
 
 from refunddesk.desk import Desk
 from refunddesk.progress import Progress
-from refunddesk.store.clock import parse_stamp, stamp
+from refunddesk.store.clock import required_stamp, stamp
 
 COLUMNS = (
     "case_id",
@@ -84,7 +84,8 @@ def statement_row(desk: Desk, row: dict[str, Any]) -> dict[str, Any]:
         "case_id": row["id"],
         "kind": row["kind"],
         "parent_id": row["parent_id"] or "",
-        "decided_at": parse_stamp(row["decided_at"]).astimezone(tz).isoformat(timespec="seconds"),
+        # APPROVED_WITHIN selects decided cases only.
+        "decided_at": required_stamp(row["decided_at"]).astimezone(tz).isoformat(timespec="seconds"),
         "decided_by": row["decided_by"] or "",
         "contact": row["contact"],
         "account_id": fields.get("account_id", ""),

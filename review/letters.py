@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from refunddesk.desk import Desk
 from refunddesk.policy.deadlines import window_deadline
@@ -32,6 +32,10 @@ def base(desk: Desk, case: Case) -> dict[str, Any]:
     }
 
 
+@overload
+def local_date(desk: Desk, moment: datetime) -> str: ...
+@overload
+def local_date(desk: Desk, moment: datetime | None) -> str | None: ...
 def local_date(desk: Desk, moment: datetime | None) -> str | None:
     return moment.astimezone(desk.policy.timezone).date().isoformat() if moment else None
 

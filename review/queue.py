@@ -2,9 +2,10 @@
 pick one (P302-10, PIF-4: review due dates; overdue cases first and flagged).
 
 Search is full text over case IDs, contacts, descriptions and every customer message (our own
-letters are left out: their boilerplate would match every case), Chinese included: FTS5 with the trigram tokenizer finds any run of three or more characters (so
-"扣了两次" or "timeout" match inside longer text), and shorter terms ("退款", "ok") fall back
-to LIKE, because a trigram index cannot answer them.
+letters are left out: their boilerplate would match every case), Chinese included: FTS5 with
+the trigram tokenizer finds any run of three or more characters (so "扣了两次" or "timeout"
+match inside longer text), and shorter terms ("退款", "ok") fall back to LIKE, because a
+trigram index cannot answer them.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class QueueItem:
     amount: str | None
     currency: str | None
     description: str
-    created_at: datetime
+    created_at: datetime | None
     review_due_at: datetime | None
     overdue: bool
     due_soon: bool
@@ -92,7 +93,8 @@ def list_queue(
     rows = db.query(
         f"""
         SELECT c.*, p.decided_by AS parent_decided_by,
-               EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'ack' AND o.status = 'pending') AS ack_pending
+               EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.id AND o.kind = 'ack' AND o.status = 'pending')
+                   AS ack_pending
         FROM ({chosen}) AS chosen
         JOIN cases c ON c.id = chosen.id LEFT JOIN cases p ON p.id = c.parent_id
         ORDER BY {ORDER}
@@ -204,7 +206,8 @@ class Walk:
             if rowids:
                 hits = dict(
                     self.db.execute(
-                        f"SELECT c.rowid, c.id FROM cases c WHERE c.rowid IN (SELECT value FROM json_each(?)) AND {self.condition}",
+                        "SELECT c.rowid, c.id FROM cases c WHERE c.rowid IN (SELECT value FROM json_each(?)) "
+                        f"AND {self.condition}",
                         [json.dumps(rowids), *self.condition_params],
                     ).fetchall()
                 )
@@ -338,7 +341,8 @@ def phrase_match(term: str) -> tuple[str, list[str]]:
     phrase = fts_phrase(term)
     return (
         "(c.rowid IN (SELECT rowid FROM cases_fts WHERE cases_fts MATCH ?) "
-        "OR c.id IN (SELECT m.case_id FROM messages m WHERE m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?) "
+        "OR c.id IN (SELECT m.case_id FROM messages m "
+        "WHERE m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?) "
         "AND m.case_id IS NOT NULL AND m.direction = 'in'))",
         [phrase, phrase],
     )
@@ -369,8 +373,10 @@ def narrowed_match(term: str, narrow: str) -> tuple[str, list[str]]:
     return (
         "(c.rowid IN (SELECT x.rowid FROM cases_fts f JOIN cases x ON x.rowid = f.rowid WHERE cases_fts MATCH ? "
         "AND (instr(lower(x.id), ?) OR instr(lower(x.contact), ?) OR instr(lower(x.description), ?))) "
-        "OR c.id IN (SELECT m.case_id FROM messages m WHERE m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?) "
-        "AND m.case_id IS NOT NULL AND m.direction = 'in' AND (instr(lower(m.subject), ?) OR instr(lower(m.text), ?))))",
+        "OR c.id IN (SELECT m.case_id FROM messages m "
+        "WHERE m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?) "
+        "AND m.case_id IS NOT NULL AND m.direction = 'in' "
+        "AND (instr(lower(m.subject), ?) OR instr(lower(m.text), ?))))",
         [phrase, folded, folded, folded, phrase, folded, folded],
     )
 

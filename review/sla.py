@@ -15,14 +15,17 @@ import json
 import logging
 import threading
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from refunddesk.desk import Desk
 from refunddesk.store import events
-from refunddesk.store.clock import parse_stamp, stamp, utcnow
+from refunddesk.store.clock import required_stamp, stamp, utcnow
 from refunddesk.store.db import transaction
+
+if TYPE_CHECKING:
+    from refunddesk.outbound.delivery import Bell
 
 log = logging.getLogger("refunddesk.sla")
 ACK_WARN_BEFORE = timedelta(hours=4)  # raise when less than this is left of the 24-hour promise
@@ -53,7 +56,7 @@ def raise_acknowledgements(desk: Desk, db: sqlite_utils.Database, now: datetime)
     )
     raised = []
     for row in rows:
-        promised_by = parse_stamp(row["created_at"]) + promise
+        promised_by = required_stamp(row["created_at"]) + promise
         detail = {
             "outbox": row["id"],
             "attempts": row["attempts"],
@@ -79,15 +82,17 @@ def raise_reviews(db: sqlite_utils.Database, now: datetime) -> list[dict[str, An
     # ~60 ms on a backlog of 12,000, and the console stalled meanwhile (bench/queue_scale.py).
     rows = list(
         db.query(
-            "SELECT id, review_due_at, agent_flags FROM cases WHERE status = 'queued' AND review_due_at IS NOT NULL AND review_due_at <= ? "
-            "AND coalesce(json_extract(agent_flags, CASE WHEN review_due_at <= ? THEN '$.sla.review_overdue.due' ELSE '$.sla.review_due_soon.due' END), '') "
+            "SELECT id, review_due_at, agent_flags FROM cases "
+            "WHERE status = 'queued' AND review_due_at IS NOT NULL AND review_due_at <= ? "
+            "AND coalesce(json_extract(agent_flags, CASE WHEN review_due_at <= ? "
+            "THEN '$.sla.review_overdue.due' ELSE '$.sla.review_due_soon.due' END), '') "
             "IS NOT review_due_at ORDER BY review_due_at",
             [stamp(now + REVIEW_WARN_BEFORE), stamp(now)],
         )
     )
     raised = []
     for row in rows:
-        due = parse_stamp(row["review_due_at"])
+        due = required_stamp(row["review_due_at"])  # the query selects only cases that have one
         what = "review_overdue" if due <= now else "review_due_soon"
         sla = json.loads(row["agent_flags"] or "{}").get("sla", {})
         # Flags are keyed by the due date, so a case that comes back with a new due date is raised again.
@@ -115,7 +120,7 @@ def retries_due(db: sqlite_utils.Database, now: datetime) -> bool:
     return row is not None
 
 
-async def watch(desk: Desk, stopping: threading.Event, outbound_wake: threading.Event) -> None:
+async def watch(desk: Desk, stopping: threading.Event, outbound_wake: Bell) -> None:
     """Inside `serve`: scan every SCAN_SECONDS until the service stops."""
     db = desk.open_db()
     try:

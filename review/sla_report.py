@@ -19,7 +19,8 @@ import sqlite_utils
 
 from refunddesk.desk import Desk
 from refunddesk.policy.model import CHANNELS
-from refunddesk.store.clock import parse_stamp, stamp
+from refunddesk.store import spool
+from refunddesk.store.clock import parse_stamp, required_stamp, stamp
 
 from .sla import ack_promise
 
@@ -52,12 +53,19 @@ class SlaReport:
     per_day: list[dict[str, Any]] = field(default_factory=list)
     ack_times: list[dict[str, Any]] = field(default_factory=list)
     review_times: list[dict[str, Any]] = field(default_factory=list)
+    # Messages that could not be processed, newest first (at most DEAD_SHOWN): their raw bytes
+    # are kept, and an agent retries them once the cause is gone.
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    dead_letter_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["acknowledgement"]["percent"] = self.acknowledgement.percent
         data["review"]["percent"] = self.review.percent
         return data
+
+
+DEAD_SHOWN = 50
 
 
 def report(desk: Desk, db: sqlite_utils.Database, now: datetime, days: int = 30) -> SlaReport:
@@ -69,7 +77,7 @@ def report(desk: Desk, db: sqlite_utils.Database, now: datetime, days: int = 30)
     ack, ack_times = Compliance(), []
     review, review_times, overdue = Compliance(), [], []
     for row in rows:
-        created = parse_stamp(row["created_at"])
+        created = required_stamp(row["created_at"])
         if row["id"] in acks:
             queued_at, sent_at = acks[row["id"]]
             began = created if row["channel"] == "email" else queued_at
@@ -103,6 +111,8 @@ def report(desk: Desk, db: sqlite_utils.Database, now: datetime, days: int = 30)
         per_day=per_day(desk, rows, now, min(days, 14)),
         ack_times=ack_times[-50:],
         review_times=review_times[-50:],
+        dead_letters=spool.dead_letters(db, newest=DEAD_SHOWN),
+        dead_letter_count=spool.dead_letter_count(db),
     )
 
 
@@ -124,10 +134,12 @@ def first_acks(db: sqlite_utils.Database, case_ids: list[str]) -> dict[str, tupl
     for chunk in chunks(case_ids):
         marks = ",".join("?" for _ in chunk)
         for row in db.query(
-            f"SELECT case_id, min(created_at) AS queued, min(sent_at) AS sent FROM outbox WHERE kind = 'ack' AND status != 'suppressed' AND case_id IN ({marks}) GROUP BY case_id",
+            "SELECT case_id, min(created_at) AS queued, min(sent_at) AS sent FROM outbox "
+            f"WHERE kind = 'ack' AND status != 'suppressed' AND case_id IN ({marks}) GROUP BY case_id",
             chunk,
         ):
-            found[row["case_id"]] = (parse_stamp(row["queued"]), parse_stamp(row["sent"]))
+            # Every group has a row, and created_at is NOT NULL: `queued` is set.
+            found[row["case_id"]] = (required_stamp(row["queued"]), parse_stamp(row["sent"]))
     return found
 
 
@@ -137,10 +149,11 @@ def first_answers(db: sqlite_utils.Database, case_ids: list[str]) -> dict[str, d
     for chunk in chunks(case_ids):
         marks = ",".join("?" for _ in chunk)
         for row in db.query(
-            f"SELECT case_id, min(at) AS at FROM events WHERE action IN ({actions}) AND case_id IN ({marks}) GROUP BY case_id",
+            f"SELECT case_id, min(at) AS at FROM events WHERE action IN ({actions}) AND case_id IN ({marks}) "
+            "GROUP BY case_id",
             [*AGENT_ANSWERS, *chunk],
         ):
-            found[row["case_id"]] = parse_stamp(row["at"])
+            found[row["case_id"]] = required_stamp(row["at"])
     return found
 
 
@@ -149,7 +162,7 @@ def per_day(desk: Desk, rows: list[dict[str, Any]], now: datetime, days: int) ->
     today = now.astimezone(tz).date()
     counts = {(today - timedelta(days=n)).isoformat(): dict.fromkeys(CHANNELS, 0) for n in range(days - 1, -1, -1)}
     for row in rows:
-        day = parse_stamp(row["created_at"]).astimezone(tz).date().isoformat()
+        day = required_stamp(row["created_at"]).astimezone(tz).date().isoformat()
         if day in counts and row["channel"] in counts[day]:
             counts[day][row["channel"]] += 1
     return [{"date": day, **by_channel} for day, by_channel in counts.items()]

@@ -58,7 +58,8 @@ def suggest(
             currency,
             "requested",
             (
-                f"Only the abnormally consumed amount is refunded: at most the requested {paid:.2f} {currency} ({clause}).",
+                "Only the abnormally consumed amount is refunded: "
+                f"at most the requested {paid:.2f} {currency} ({clause}).",
             ),
             clause,
         )
@@ -79,7 +80,8 @@ def suggest(
     minimum = decimal(str(limits["minimum_refund"])) or Decimal("0")
     if value < minimum:
         steps.append(
-            f"{value:.2f} is under the minimum single refund of {minimum:.2f}: pay 0.00 now; it accumulates to the next refund."
+            f"{value:.2f} is under the minimum single refund of {minimum:.2f}: "
+            "pay 0.00 now; it accumulates to the next refund."
         )
         value = Decimal("0.00")
     return Suggestion(value, currency, basis, tuple(steps), clause)
@@ -96,21 +98,24 @@ def prorate(
         period_hours = PERIOD_DAYS * 24
         share = min(hours, Decimal(period_hours))
         steps.append(
-            f"Partial refund for the interruption: {paid:.2f} x {share} h / {period_hours} h = {paid * share / period_hours:.2f} {currency}."
+            f"Partial refund for the interruption: {paid:.2f} x {share} h / {period_hours} h "
+            f"= {paid * share / period_hours:.2f} {currency}."
         )
         return "outage", paid * share / period_hours
     if purchase is not None and asked_at is not None:
         since = asked_at - purchase
         if reason == "mistaken_purchase" and since <= FULL_REFUND_WINDOW and (used_pct is None or used_pct == 0):
             steps.append(
-                f"Full refund: asked {hours_of(since)} h after purchase (within 24 h) and unused: {paid:.2f} {currency}."
+                f"Full refund: asked {hours_of(since)} h after purchase (within 24 h) "
+                f"and unused: {paid:.2f} {currency}."
             )
             return "full", paid
         used_days = min(PERIOD_DAYS, max(0, math.ceil(since.total_seconds() / 86400)))
         remaining = PERIOD_DAYS - used_days
         value = paid * remaining / PERIOD_DAYS
         steps.append(
-            f"Prorated by remaining days: {paid:.2f} x {remaining} / {PERIOD_DAYS} days = {value:.2f} {currency} ({used_days} days since purchase)."
+            f"Prorated by remaining days: {paid:.2f} x {remaining} / {PERIOD_DAYS} days = {value:.2f} {currency} "
+            f"({used_days} days since purchase)."
         )
         return "prorated", value
     steps.append(

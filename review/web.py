@@ -178,6 +178,7 @@ def create_app(desk: Desk, secret_key: str) -> Starlette:
         Route("/", home, methods=["GET"]),
         Route("/queue", guard(pages.queue), methods=["GET"]),
         Route("/dashboard", guard(pages.dashboard), methods=["GET"]),
+        Route("/deadletters/{inbound_id}/retry", guard(pages.retry_dead_letter), methods=["POST"]),
         Route("/cases/{case_id}", guard(pages.case), methods=["GET"]),
         Route("/cases/{case_id}/evidence/{sha256}", guard(pages.evidence), methods=["GET"]),
         Route("/cases/{case_id}/{action}", guard(pages.act), methods=["POST"]),

@@ -96,7 +96,8 @@ def open_case_for(db: sqlite_utils.Database, channel: str, conversation_key: str
     placeholders = ", ".join("?" for _ in OPEN_STATUSES)
     rows = list(
         db.query(
-            f"SELECT * FROM cases WHERE channel = ? AND conversation_key = ? AND status IN ({placeholders}) ORDER BY created_at DESC LIMIT 1",
+            f"SELECT * FROM cases WHERE channel = ? AND conversation_key = ? AND status IN ({placeholders}) "
+            "ORDER BY created_at DESC LIMIT 1",
             [channel, conversation_key, *OPEN_STATUSES],
         )
     )
@@ -145,7 +146,9 @@ def add_message(
     meta: dict[str, Any] | None = None,
 ) -> int:
     cursor = db.execute(
-        "INSERT INTO messages (case_id, direction, channel, at, sender, subject, text, html, inbound_id, outbox_id, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO messages "
+        "(case_id, direction, channel, at, sender, subject, text, html, inbound_id, outbox_id, meta) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         [
             case_id,
             direction,
@@ -160,6 +163,7 @@ def add_message(
             json.dumps(meta or {}, ensure_ascii=False),
         ],
     )
+    assert cursor.lastrowid is not None  # set by every INSERT that succeeded
     return cursor.lastrowid
 
 

@@ -17,3 +17,8 @@ def stamp(moment: datetime | None) -> str | None:
 
 def parse_stamp(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
+
+
+def required_stamp(text: str) -> datetime:
+    """A stamp that is there: from a NOT NULL column, or one its query selected as set."""
+    return datetime.fromisoformat(text)

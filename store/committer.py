@@ -64,7 +64,8 @@ class GroupCommitter:
                             outcomes.append((None, exc))
             except Exception as exc:  # the commit itself failed: nothing of the group is stored
                 outcomes = [(None, exc)] * len(group)
-            for (_, _, done, loop), (result, error) in zip(group, outcomes):
+            # One outcome per piece: appended one by one, or one for all when the commit failed.
+            for (_, _, done, loop), (result, error) in zip(group, outcomes, strict=True):
                 try:
                     loop.call_soon_threadsafe(settle, done, result, error)
                 except RuntimeError:  # that caller's loop is closed: nobody waits any more

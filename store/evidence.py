@@ -130,7 +130,9 @@ def attach(
             content_type = sniff_type(handle.read(8192), declared_type)
     display = safe_filename(filename, f"evidence-{digest[:8]}")
     db.execute(
-        "INSERT OR IGNORE INTO evidence (case_id, sha256, size, content_type, declared_type, filename, path, inbound_id, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+        "INSERT OR IGNORE INTO evidence "
+        "(case_id, sha256, size, content_type, declared_type, filename, path, inbound_id, created_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?)",
         [case_id, digest, size, content_type, declared_type, display, rel, inbound_id, stamp(now)],
     )
     return {"filename": display, "content_type": content_type, "size": size, "sha256": digest}

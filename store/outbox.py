@@ -35,7 +35,8 @@ def enqueue(
     status: str = "pending",
 ) -> int:
     cursor = db.execute(
-        "INSERT INTO outbox (case_id, channel, recipient, kind, template, language, subject, body, buttons, headers, status, created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO outbox (case_id, channel, recipient, kind, template, language, subject, body, buttons, headers, "
+        "status, created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [
             case_id,
             channel,
@@ -52,6 +53,7 @@ def enqueue(
             stamp(now),
         ],
     )
+    assert cursor.lastrowid is not None  # set by every INSERT that succeeded
     return cursor.lastrowid
 
 
@@ -84,7 +86,8 @@ def due(
 def mark_sent(db: sqlite_utils.Database, outbox_id: int, now: datetime) -> bool:
     """Record delivery; False when another sender already recorded it (so side effects run once)."""
     cursor = db.execute(
-        "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ? AND status = 'pending'",
+        "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL "
+        "WHERE id = ? AND status = 'pending'",
         [stamp(now), outbox_id],
     )
     return bool(cursor.rowcount)
@@ -118,7 +121,8 @@ def mark_failed(
 
 def auto_replies_since(db: sqlite_utils.Database, recipient: str, since: datetime) -> int:
     (count,) = db.execute(
-        "SELECT count(*) FROM outbox WHERE recipient = ? AND kind IN ('ack', 'dialog', 'notice') AND created_at >= ? AND status != 'suppressed'",
+        "SELECT count(*) FROM outbox WHERE recipient = ? AND kind IN ('ack', 'dialog', 'notice') AND created_at >= ? "
+        "AND status != 'suppressed'",
         [recipient, stamp(since)],
     ).fetchone()
     return count

@@ -158,10 +158,12 @@ def m001_initial(db):
     db.execute("CREATE INDEX events_case ON events (case_id, id)")
     # The audit log is append-only: the database itself refuses edits and deletions.
     db.execute(
-        "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END"
+        "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN "
+        "SELECT RAISE(ABORT, 'the event log is append-only'); END"
     )
     db.execute(
-        "CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END"
+        "CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN "
+        "SELECT RAISE(ABORT, 'the event log is append-only'); END"
     )
     db.execute(
         """
@@ -181,19 +183,24 @@ def m002_review_search_retention(db):
     # Trigram FTS5 indexes kept in step with their tables by triggers; external content, so the
     # text is stored once. Terms under 3 characters fall back to LIKE in review/queue.py.
     db.execute(
-        "CREATE VIRTUAL TABLE cases_fts USING fts5(id, contact, description, content='cases', content_rowid='rowid', tokenize='trigram')"
+        "CREATE VIRTUAL TABLE cases_fts USING fts5(id, contact, description, "
+        "content='cases', content_rowid='rowid', tokenize='trigram')"
     )
     db.execute(
         "CREATE TRIGGER cases_fts_insert AFTER INSERT ON cases BEGIN "
-        "INSERT INTO cases_fts (rowid, id, contact, description) VALUES (new.rowid, new.id, new.contact, new.description); END"
+        "INSERT INTO cases_fts (rowid, id, contact, description) "
+        "VALUES (new.rowid, new.id, new.contact, new.description); END"
     )
     db.execute(
         "CREATE TRIGGER cases_fts_update AFTER UPDATE OF id, contact, description ON cases BEGIN "
-        "INSERT INTO cases_fts (cases_fts, rowid, id, contact, description) VALUES ('delete', old.rowid, old.id, old.contact, old.description); "
-        "INSERT INTO cases_fts (rowid, id, contact, description) VALUES (new.rowid, new.id, new.contact, new.description); END"
+        "INSERT INTO cases_fts (cases_fts, rowid, id, contact, description) "
+        "VALUES ('delete', old.rowid, old.id, old.contact, old.description); "
+        "INSERT INTO cases_fts (rowid, id, contact, description) "
+        "VALUES (new.rowid, new.id, new.contact, new.description); END"
     )
     db.execute(
-        "CREATE VIRTUAL TABLE messages_fts USING fts5(subject, text, content='messages', content_rowid='id', tokenize='trigram')"
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(subject, text, "
+        "content='messages', content_rowid='id', tokenize='trigram')"
     )
     db.execute(
         "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN "
@@ -201,7 +208,8 @@ def m002_review_search_retention(db):
     )
     db.execute(
         "CREATE TRIGGER messages_fts_update AFTER UPDATE OF subject, text ON messages BEGIN "
-        "INSERT INTO messages_fts (messages_fts, rowid, subject, text) VALUES ('delete', old.id, old.subject, old.text); "
+        "INSERT INTO messages_fts (messages_fts, rowid, subject, text) "
+        "VALUES ('delete', old.id, old.subject, old.text); "
         "INSERT INTO messages_fts (rowid, subject, text) VALUES (new.id, new.subject, new.text); END"
     )
     for table, fts, key, columns in (
@@ -271,8 +279,10 @@ def m005_search_index_on_change(db):
     db.execute(
         "CREATE TRIGGER cases_fts_update AFTER UPDATE OF id, contact, description ON cases "
         "WHEN old.id IS NOT new.id OR old.contact IS NOT new.contact OR old.description IS NOT new.description BEGIN "
-        "INSERT INTO cases_fts (cases_fts, rowid, id, contact, description) VALUES ('delete', old.rowid, old.id, old.contact, old.description); "
-        "INSERT INTO cases_fts (rowid, id, contact, description) VALUES (new.rowid, new.id, new.contact, new.description); END"
+        "INSERT INTO cases_fts (cases_fts, rowid, id, contact, description) "
+        "VALUES ('delete', old.rowid, old.id, old.contact, old.description); "
+        "INSERT INTO cases_fts (rowid, id, contact, description) "
+        "VALUES (new.rowid, new.id, new.contact, new.description); END"
     )
 
 
@@ -298,7 +308,8 @@ def m007_search_customers_words_only(db):
     db.execute("DROP TABLE messages_fts")
     db.execute("CREATE VIEW messages_in AS SELECT id, subject, text FROM messages WHERE direction = 'in'")
     db.execute(
-        "CREATE VIRTUAL TABLE messages_fts USING fts5(subject, text, content='messages_in', content_rowid='id', tokenize='trigram')"
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(subject, text, "
+        "content='messages_in', content_rowid='id', tokenize='trigram')"
     )
     db.execute(
         "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages WHEN new.direction = 'in' BEGIN "
@@ -307,12 +318,15 @@ def m007_search_customers_words_only(db):
     db.execute(
         "CREATE TRIGGER messages_fts_update AFTER UPDATE OF subject, text, direction ON messages "
         "WHEN old.subject IS NOT new.subject OR old.text IS NOT new.text OR old.direction IS NOT new.direction BEGIN "
-        "INSERT INTO messages_fts (messages_fts, rowid, subject, text) SELECT 'delete', old.id, old.subject, old.text WHERE old.direction = 'in'; "
-        "INSERT INTO messages_fts (rowid, subject, text) SELECT new.id, new.subject, new.text WHERE new.direction = 'in'; END"
+        "INSERT INTO messages_fts (messages_fts, rowid, subject, text) "
+        "SELECT 'delete', old.id, old.subject, old.text WHERE old.direction = 'in'; "
+        "INSERT INTO messages_fts (rowid, subject, text) "
+        "SELECT new.id, new.subject, new.text WHERE new.direction = 'in'; END"
     )
     db.execute(
         "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages WHEN old.direction = 'in' BEGIN "
-        "INSERT INTO messages_fts (messages_fts, rowid, subject, text) VALUES ('delete', old.id, old.subject, old.text); END"
+        "INSERT INTO messages_fts (messages_fts, rowid, subject, text) "
+        "VALUES ('delete', old.id, old.subject, old.text); END"
     )
     db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
 
@@ -338,7 +352,8 @@ def m008_spool_raw_last(db):
         raise RuntimeError("m008 rebuilds the spool table and must start outside a transaction")
     if conn.execute("SELECT 1 FROM inbound LIMIT 1").fetchone():  # a new store has nothing to copy: nothing to say
         log.info(
-            "rebuilding the spool table once (its raw bytes move to the end of each row); on a large spool this takes a while and needs free disk for a second copy of it"
+            "rebuilding the spool table once (its raw bytes move to the end of each row); "
+            "on a large spool this takes a while and needs free disk for a second copy of it"
         )
     conn.execute("PRAGMA foreign_keys = OFF")
     try:
@@ -347,7 +362,8 @@ def m008_spool_raw_last(db):
             dependents = [
                 sql
                 for (sql,) in conn.execute(
-                    "SELECT sql FROM sqlite_master WHERE tbl_name = 'inbound' AND type IN ('index', 'trigger') AND sql IS NOT NULL"
+                    "SELECT sql FROM sqlite_master "
+                    "WHERE tbl_name = 'inbound' AND type IN ('index', 'trigger') AND sql IS NOT NULL"
                 )
             ]
             conn.execute(
@@ -404,7 +420,8 @@ def m009_search_reads_the_first_64k(db):
     db.execute("DROP VIEW messages_in")
     n = SEARCHED_CHARS
     db.execute(
-        f"CREATE VIEW messages_in AS SELECT id, subject, substr(text, 1, {n}) AS text FROM messages WHERE direction = 'in'"
+        f"CREATE VIEW messages_in AS SELECT id, subject, substr(text, 1, {n}) AS text "
+        "FROM messages WHERE direction = 'in'"
     )
     db.execute(
         "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages WHEN new.direction = 'in' BEGIN "
@@ -420,7 +437,8 @@ def m009_search_reads_the_first_64k(db):
     )
     db.execute(
         "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages WHEN old.direction = 'in' BEGIN "
-        f"INSERT INTO messages_fts (messages_fts, rowid, subject, text) VALUES ('delete', old.id, old.subject, substr(old.text, 1, {n})); END"
+        "INSERT INTO messages_fts (messages_fts, rowid, subject, text) "
+        f"VALUES ('delete', old.id, old.subject, substr(old.text, 1, {n})); END"
     )
     db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
 
@@ -430,6 +448,7 @@ def m010_console_sessions(db):
     """The console's sessions, kept in the store: a signed cookie alone stayed valid for its
     8 hours after logout, wherever it had been copied. A session row is revoked at logout."""
     db.execute(
-        "CREATE TABLE console_sessions (id TEXT PRIMARY KEY, agent TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT)"
+        "CREATE TABLE console_sessions "
+        "(id TEXT PRIMARY KEY, agent TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT)"
     )
     db.execute("CREATE INDEX console_sessions_agent ON console_sessions (agent, revoked_at)")

@@ -24,7 +24,8 @@ BLOB_PIECE = 1024 * 1024  # a raw message larger than this is written into its r
 class Pieces(Protocol):
     """A raw message too large to hold whole in memory: its length, and its bytes in order."""
 
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def chunks(self) -> Iterable[bytes]: ...
 
@@ -47,7 +48,8 @@ def spool(
     large = size > BLOB_PIECE or not isinstance(raw, (bytes, bytearray))
     with transaction(db):
         cursor = db.execute(
-            f"INSERT OR IGNORE INTO inbound (channel, transport_id, received_at, raw, meta, conversation) VALUES (?, ?, ?, {'zeroblob(?)' if large else '?'}, ?, ?)",
+            "INSERT OR IGNORE INTO inbound (channel, transport_id, received_at, raw, meta, conversation) "
+            f"VALUES (?, ?, ?, {'zeroblob(?)' if large else '?'}, ?, ?)",
             [
                 channel,
                 transport_id,
@@ -58,9 +60,11 @@ def spool(
             ],
         )
         if cursor.rowcount:
+            inbound_id = cursor.lastrowid
+            assert inbound_id is not None  # the row was inserted just now
             if large:
-                write_in_pieces(db, cursor.lastrowid, raw)
-            return cursor.lastrowid, True
+                write_in_pieces(db, inbound_id, raw)
+            return inbound_id, True
         row = db.execute(
             "SELECT id FROM inbound WHERE channel = ? AND transport_id = ?", [channel, transport_id]
         ).fetchone()
@@ -151,7 +155,8 @@ def finish(
     error: str | None = None,
 ) -> None:
     db.execute(
-        "UPDATE inbound SET status = ?, processed_at = ?, case_id = ?, dedup_key = COALESCE(?, dedup_key), error = ?, attempts = attempts + 1 WHERE id = ?",
+        "UPDATE inbound SET status = ?, processed_at = ?, case_id = ?, dedup_key = COALESCE(?, dedup_key), error = ?, "
+        "attempts = attempts + 1 WHERE id = ?",
         [status, stamp(now), case_id, dedup_key, error, inbound_id],
     )
 
@@ -160,19 +165,24 @@ def first_with_key(db: sqlite_utils.Database, dedup_key: str, before_id: int) ->
     """The earliest processed message with the same identity, if this one is a duplicate."""
     rows = list(
         db.query(
-            "SELECT id, case_id FROM inbound WHERE dedup_key = ? AND id != ? AND status IN ('done', 'duplicate') ORDER BY id LIMIT 1",
+            "SELECT id, case_id FROM inbound WHERE dedup_key = ? AND id != ? AND status IN ('done', 'duplicate') "
+            "ORDER BY id LIMIT 1",
             [dedup_key, before_id],
         )
     )
     return rows[0] if rows else None
 
 
-def dead_letters(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    return list(
-        db.query(
-            "SELECT id, channel, transport_id, received_at, length(raw) AS size, error, attempts FROM inbound WHERE status = 'dead' ORDER BY id"
-        )
-    )
+def dead_letters(db: sqlite_utils.Database, newest: int | None = None) -> list[dict[str, Any]]:
+    """Every dead letter, oldest first; with `newest`, only that many of the latest, newest first."""
+    columns = "id, channel, transport_id, received_at, length(raw) AS size, error, attempts"
+    if newest is None:
+        return list(db.query(f"SELECT {columns} FROM inbound WHERE status = 'dead' ORDER BY id"))
+    return list(db.query(f"SELECT {columns} FROM inbound WHERE status = 'dead' ORDER BY id DESC LIMIT ?", [newest]))
+
+
+def dead_letter_count(db: sqlite_utils.Database) -> int:
+    return db.execute("SELECT count(*) FROM inbound WHERE status = 'dead'").fetchone()[0]
 
 
 def requeue(db: sqlite_utils.Database, inbound_id: int) -> bool:

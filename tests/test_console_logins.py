@@ -17,6 +17,8 @@ from processes import vm_status
 from refunddesk.config import load
 from refunddesk.desk import Desk
 from refunddesk.harness.driver import mail_case
+from refunddesk.intake import pipeline
+from refunddesk.store import spool
 from refunddesk.store.cases import load_case
 from refunddesk.store.clock import utcnow
 from serving import Served
@@ -155,5 +157,38 @@ def test_an_absurd_amount_is_a_polite_error_not_a_crash(tmp_path):
         db = desk.open_db()
         assert load_case(db, case_id).status == "queued"
         db.conn.close()
+    finally:
+        served.stop()
+
+
+def test_dead_letters_are_on_the_dashboard_with_a_retry_and_in_sla(tmp_path):
+    """A mail that came by IMAP (nothing there can be refused before it is stored) with 1,000 MIME
+    parts: the worker keeps it as a dead letter."""
+    config = write_config(tmp_path / "refunddesk.toml", base_settings(tmp_path))
+    desk = Desk.from_config(load(config, environ={}))
+    db = desk.open_db()
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(1000))
+    raw = (b"From: a@lumen.test\r\nTo: refunds@desk.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + parts + b"--b--\r\n")
+    inbound_id, _ = spool.spool(db, "email", "imap:INBOX:1:1", raw, utcnow(), {"source": "imap"})
+    assert pipeline.process(desk, db, inbound_id) == "dead"
+    db.conn.close()
+    sla = run_cli(config, "sla")
+    assert "dead letters: 1 (refunddesk deadletters list" in sla.stdout.decode(), sla.stdout
+    served, url, _ = start(tmp_path)
+    try:
+        http, _ = login(url)
+        page = http.get("/dashboard").text
+        assert 'id="dead-letters"' in page and "1 in all" in page and 'action="/deadletters/1/retry"' in page
+        token = TOKEN.search(page).group(1)
+        assert http.post("/deadletters/1/retry", data={}).status_code == 403  # CSRF, as every form
+        answer = http.post("/deadletters/1/retry", data={"csrf": token})
+        assert answer.status_code == 303 and answer.headers["location"] == "/dashboard#dead-letters"
+        db = desk.open_db()
+        try:
+            actions = [r[0] for r in db.execute("SELECT actor || ':' || action FROM events WHERE action = 'dead_letter_retried'")]
+            assert actions == ["alice:dead_letter_retried"]
+        finally:
+            db.conn.close()
     finally:
         served.stop()

@@ -22,8 +22,9 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import wait_for
-from mail_fixtures import REFUNDS, MailDesk, mail_settings, relay  # noqa: F401 (fixture)
+from mail_fixtures import REFUNDS, MailDesk, mail_settings, relay  # noqa: F401, F811 (a fixture)
 from processes import process_tree, vm_status
+from test_worker_process import worker_of
 from refunddesk.addresses import Addresses
 from refunddesk.intake import pipeline
 from refunddesk.intake.email import authresults, html, quoting
@@ -264,12 +265,14 @@ def test_a_mail_over_the_workers_memory_limit_is_a_dead_letter_and_the_next_is_r
         desk.stop()
 
 
-def worker_of(served) -> int:
-    def found() -> int | None:
-        for pid in process_tree(served.process.pid)[1:]:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"refunddesk.worker" in handle.read():
-                    return pid
-        return None
 
-    return wait_for(found, 20, message="the worker process")
+def test_deliver_refuses_a_mail_of_hostile_structure_with_exit_65(tmp_path):
+    desk = MailDesk(tmp_path, mail_settings(tmp_path, **{"email.smtp_intake.enabled": False}))
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(1000))
+    raw = mail("Refund", extra="MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n").replace(b"\r\nPlease", b"\r\n" + parts + b"--b--\r\nPlease")
+    result = subprocess.run([sys.executable, "-m", "refunddesk.cli", "--config", str(desk.config), "deliver", "--recipient", REFUNDS,
+                             "--sender", "customer@example.org"], input=raw, capture_output=True, timeout=60)
+    assert result.returncode == 65, result.stderr
+    assert result.stderr.decode().strip() == "refunddesk: message refused: too many MIME parts (over 500)"
+    assert desk.db.execute("SELECT count(*) FROM inbound").fetchone()[0] == 0
+    desk.db.conn.close()

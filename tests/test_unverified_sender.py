@@ -86,7 +86,21 @@ def test_an_internationalised_sender_gets_the_acknowledgement_as_eml(tmp_path):
         desk.send(international_mail(), INTERNATIONAL, mail_options=["SMTPUTF8"])
         desk.settled(1)
         folder = desk.desk.config.email.outgoing.folder
-        letters = wait_for(lambda: list(folder.glob("*.eml")), 15, message="the acknowledgement as .eml")
+        letters = wait_for(lambda: list(folder.glob("*.eml")), 15, message=f"the acknowledgement as .eml: {desk.outbox()}")
         assert f"To: {INTERNATIONAL}".encode() in letters[0].read_bytes()
+    finally:
+        desk.stop()
+
+
+def test_the_letter_to_an_unverified_sender_repeats_nothing_the_mail_said(tmp_path, relay):
+    desk = MailDesk(tmp_path, mail_settings(tmp_path, relay)).start()
+    try:
+        text = "Please refund 25.00 USD. Description: VISIT EVIL DOT TEST FOR FREE CREDIT."
+        desk.send(letter("victim@third.test", "Refund", text), "spammer@evil.test")
+        desk.settled(1)
+        (ack,) = relay.wait_for("victim@third.test")
+        body = ack.get_content()
+        assert "EVIL DOT TEST" not in body and "25.00" not in body
+        assert "We received your refund request" in ack["Subject"]
     finally:
         desk.stop()

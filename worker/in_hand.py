@@ -51,7 +51,8 @@ class InHand:
         holding = [int(i) for i in state.get("holding", [])]
         for inbound_id in holding if overdue not in holding else ():
             self.deaths[inbound_id] = self.deaths.get(inbound_id, 0) + 1
-        self.deaths.pop(overdue, None)
+        if overdue is not None:
+            self.deaths.pop(overdue, None)
         poisoned = [i for i, n in self.deaths.items() if n >= POISON_DEATHS]
         for inbound_id in poisoned:
             with transaction(db):

@@ -83,7 +83,7 @@ class Worker:
         )
         try:
             # -P: the service's working directory must not come first on the worker's import path.
-            self.process = subprocess.Popen(
+            self.process = process = subprocess.Popen(
                 [sys.executable, "-P", "-m", "refunddesk.worker"],
                 stdin=subprocess.PIPE,
                 pass_fds=(to_reader, from_writer, mark.fd),
@@ -93,10 +93,12 @@ class Worker:
                 os.close(fd)
             mark.close()
             raise
-        self.watchdog = Watchdog(mark, self.seconds, self.process.pid)
+        self.watchdog = Watchdog(mark, self.seconds, process.pid)
+        stdin = process.stdin
+        assert stdin is not None  # stdin=subprocess.PIPE
         try:
-            self.process.stdin.write(pickle.dumps(start))
-            self.process.stdin.close()
+            stdin.write(pickle.dumps(start))
+            stdin.close()
         except OSError as exc:  # it died at once; supervise() sees it end and starts another
             log.error("the worker ended before it read its start: %s", exc)
         finally:
@@ -162,22 +164,25 @@ class Worker:
     async def watched(self) -> None:
         """Until the worker process ends. Meanwhile a message it has held past its budget and
         grace has it killed (its transaction rolls back); the next worker is told which."""
+        process, watchdog = self.process, self.watchdog
+        assert process is not None and watchdog is not None  # start() set both, and only it changes them
         ended = asyncio.ensure_future(self.ended())
         try:
             while not ended.done():
-                await asyncio.wait({ended}, timeout=self.watchdog.interval)
-                overdue = None if ended.done() else self.watchdog.overdue()
+                await asyncio.wait({ended}, timeout=watchdog.interval)
+                overdue = None if ended.done() else watchdog.overdue()
                 if overdue is not None:
                     log.error(
-                        "the worker has spent over %g s on inbound %s (worker.message_seconds = %g, and %g s of grace) and cannot stop it; replacing it%s",
-                        self.watchdog.limit,
+                        "the worker has spent over %g s on inbound %s (worker.message_seconds = %g, "
+                        "and %g s of grace) and cannot stop it; replacing it%s",
+                        watchdog.limit,
                         overdue,
                         self.seconds,
                         grace(self.seconds),
                         self.which(),
                     )
                     self.overdue = overdue
-                    self.process.kill()
+                    process.kill()
                     await ended
         finally:
             ended.cancel()
@@ -189,20 +194,27 @@ class Worker:
 
     async def ended(self) -> None:
         """Until the worker process has ended (and is reaped)."""
+        process = self.process
+        assert process is not None  # started: only watched() waits for it
         try:
-            sentinel = os.pidfd_open(self.process.pid)  # readable once the process has ended
+            sentinel = os.pidfd_open(process.pid)  # readable once the process has ended
         except (AttributeError, OSError):  # before Linux 5.3, or a seccomp profile refusing it
-            await asyncio.to_thread(self.process.wait)
+            await asyncio.to_thread(process.wait)
             return
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.add_reader(sentinel, lambda: done.done() or done.set_result(None))
+        done: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(sentinel, readable)
         try:
             await done
         finally:
             loop.remove_reader(sentinel)
             os.close(sentinel)
-        self.process.wait()
+        process.wait()
 
     def close_doorbell(self) -> None:
         with self.doorbell_lock:

@@ -208,13 +208,13 @@ def payload_bytes(part: Message) -> bytes:
     if data is not None:
         return data
     try:
-        data = part.get_payload(decode=True)
+        decoded = part.get_payload(decode=True)  # bytes, or None for a multipart
     except Exception:
-        data = None
-    if data is None:
-        raw = part.get_payload()
-        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
-    return data
+        decoded = None
+    if isinstance(decoded, bytes):
+        return decoded
+    raw = part.get_payload()
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
 def base64_payload(part: Message) -> bytes | None:

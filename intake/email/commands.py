@@ -17,6 +17,7 @@ from refunddesk.store import spool
 from refunddesk.store.clock import utcnow
 
 EX_TEMPFAIL = 75  # sendmail's "try again later": the MTA keeps the message and retries
+EX_DATAERR = 65  # sendmail's "bad input": the MTA bounces the message to its sender with our reason
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,7 +26,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "deliver",
         "read one RFC 5322 message on standard input and process it (an MTA's pipe)",
         "Prints the case id the message went to. Exit codes: 0 stored (also when it became a dead letter),\n"
-        "75 (EX_TEMPFAIL) when it could not be stored, so the MTA keeps it and tries again.\n\n"
+        "75 (EX_TEMPFAIL) when it could not be stored, so the MTA keeps it and tries again,\n"
+        "65 (EX_DATAERR) when its structure is refused (too many parts, nesting too deep, a header\n"
+        "over 1 MB): nothing is stored and the MTA bounces it with the reason on standard error.\n\n"
         "example, a Postfix transport (master.cf):\n"
         "  refunddesk unix - n n - - pipe flags=Rq user=refunddesk argv=/usr/local/bin/refunddesk\n"
         "    deliver --sender ${sender} --recipient ${original_recipient}",
@@ -64,7 +67,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def cmd_deliver(args: argparse.Namespace) -> int:
     # The pipeline and the parser load the reader and dateparser (~0.8 s): only for mail.
     from refunddesk.intake import pipeline  # noqa: PLC0415
-    from refunddesk.intake.email.parse import mail_conversation  # noqa: PLC0415
+    from refunddesk.intake.email.body import MailRejected  # noqa: PLC0415
+    from refunddesk.intake.email.parse import check_structure, mail_conversation  # noqa: PLC0415
 
     # Even an empty message is stored: it becomes a dead letter an agent can see, never a silent drop.
     raw = sys.stdin.buffer.read()
@@ -73,6 +77,13 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     meta = {"source": "pipe", "rcpt_tos": recipients}
     if args.sender is not None or "SENDER" in os.environ:
         meta["mail_from"] = args.sender if args.sender is not None else os.environ["SENDER"]
+    try:
+        # Refused here, as the SMTP receiver refuses it in its DATA reply: the MTA bounces it to
+        # its sender with the reason.
+        check_structure(raw)
+    except MailRejected as exc:
+        print(f"refunddesk: message refused: {exc}", file=sys.stderr)
+        return EX_DATAERR
     try:
         desk = open_desk(args)
         db = desk.open_db()

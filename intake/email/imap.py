@@ -66,7 +66,8 @@ def save_watermark(db: sqlite_utils.Database, account: str, mailbox: str, uidval
         """
         INSERT INTO imap_watermarks (account, mailbox, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?, ?)
         ON CONFLICT (account, mailbox) DO UPDATE SET
-            last_uid = CASE WHEN uidvalidity = excluded.uidvalidity THEN max(last_uid, excluded.last_uid) ELSE excluded.last_uid END,
+            last_uid = CASE WHEN uidvalidity = excluded.uidvalidity THEN max(last_uid, excluded.last_uid)
+                ELSE excluded.last_uid END,
             uidvalidity = excluded.uidvalidity,
             updated_at = excluded.updated_at
         """,

@@ -87,7 +87,10 @@ def bounced_message_ids(msg: Message) -> tuple[str, ...]:
         try:
             payload = part.get_payload()
             if isinstance(payload, list):
-                found.extend(re.findall(r"<([^<>\s]+)>", header(payload[0], "Message-ID")) if payload else [])
+                first = payload[0] if payload else None
+                # A part that is no message names nothing (header() would find no field in it either).
+                if isinstance(first, Message):
+                    found.extend(re.findall(r"<([^<>\s]+)>", header(first, "Message-ID")))
             else:
                 text = payload if isinstance(payload, str) else str(payload)
                 found.extend(re.findall(r"(?im)^Message-ID:\s*<([^<>\s]+)>", text))

@@ -39,7 +39,8 @@ OUTLOOK_RULE = re.compile(r"^_{10,}\s*$")
 WRAPPED_ON = re.compile(r"^On\b.{3,200}$")
 SIGNATURE_DELIMITER = re.compile(r"^(-- ?|—— ?)$")
 DEVICE_LINE = re.compile(
-    r"^(Sent from my .{1,60}|Sent from .{1,40} for (iOS|Android)|Get Outlook for .{1,30}|发自我的.{1,30}|从我的.{1,30}发送|来自.{1,20}(邮箱|客户端))$",
+    r"^(Sent from my .{1,60}|Sent from .{1,40} for (iOS|Android)|Get Outlook for .{1,30}|"
+    r"发自我的.{1,30}|从我的.{1,30}发送|来自.{1,20}(邮箱|客户端))$",
     re.IGNORECASE,
 )
 CLOSING = re.compile(
@@ -49,7 +50,8 @@ CLOSING = re.compile(
 )
 MAX_SIGNATURE_LINES = 4
 GREETING = re.compile(
-    r"^(hi|hello|hey|dear\b.{0,60}|good (morning|afternoon|evening)|greetings|您好|你好|大家好|尊敬的.{0,30})[ ,，!！.。:：]*$",
+    r"^(hi|hello|hey|dear\b.{0,60}|good (morning|afternoon|evening)|greetings|"
+    r"您好|你好|大家好|尊敬的.{0,30})[ ,，!！.。:：]*$",
     re.IGNORECASE,
 )
 
@@ -93,7 +95,7 @@ def find_cut(lines: list[str], forward_subject: bool) -> tuple[int, bool]:
             continue
         if FORWARD_MARKERS[0].match(line) or FORWARD_MARKERS[1].match(line):
             return index, True
-        following = [l.strip() for l in lines[index + 1 : index + 6] if l.strip()]
+        following = [later.strip() for later in lines[index + 1 : index + 6] if later.strip()]
         if is_quote_start(line, following):
             return index, forward_subject
     return len(lines), False
@@ -104,7 +106,7 @@ def is_quote_start(line: str, following: list[str]) -> bool:
         return True
     if WRAPPED_ON.match(line) and following and re.search(r"\bwrote\s*:\s*$", following[0], re.IGNORECASE):
         return True
-    if HEADER_BLOCK_START.match(line) and any(HEADER_BLOCK_NEXT.match(l) for l in following[:4]):
+    if HEADER_BLOCK_START.match(line) and any(HEADER_BLOCK_NEXT.match(next_line) for next_line in following[:4]):
         return True
     if OUTLOOK_RULE.match(line) and following and HEADER_BLOCK_START.match(following[0]):
         return True
@@ -127,9 +129,9 @@ def drop_signature(lines: list[str]) -> list[str]:
             return lines[:index]
     for index in range(len(lines) - 1, 0, -1):
         if CLOSING.match(lines[index].strip()):
-            after = [l.strip() for l in lines[index + 1 :] if l.strip()]
+            after = [later.strip() for later in lines[index + 1 :] if later.strip()]
             # A closing line followed by a name at most; never by details the customer filled in.
-            if len(after) <= MAX_SIGNATURE_LINES and not any(re.search(r"\d|[:：]", l) for l in after):
+            if len(after) <= MAX_SIGNATURE_LINES and not any(re.search(r"\d|[:：]", later) for later in after):
                 return lines[:index]
             break
     return lines

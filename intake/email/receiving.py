@@ -192,9 +192,9 @@ async def keep(received: Received, data: bytes, held: int, budget: ReceiveBudget
         received.spill.write(data)
         return held
     if not budget.try_reserve(len(data)):
-        spill(received, spill_dir)
+        handle = spill(received, spill_dir)
         await budget.release(held)
-        received.spill.write(data)  # type: ignore[union-attr]
+        handle.write(data)
         return 0
     held += len(data)
     received.head += data
@@ -205,15 +205,17 @@ async def keep(received: Received, data: bytes, held: int, budget: ReceiveBudget
     return held
 
 
-def spill(received: Received, spill_dir: Path) -> None:
-    """From now on the message goes to an unnamed file beside the store (gone when closed)."""
+def spill(received: Received, spill_dir: Path) -> IO[bytes]:
+    """From now on the message goes to an unnamed file beside the store (gone when closed),
+    which is returned."""
     if received.spill is not None:
-        return
+        return received.spill
     spill_dir.mkdir(parents=True, exist_ok=True)
     handle = tempfile.TemporaryFile(dir=spill_dir, prefix="smtp-")
     handle.write(received.head)
     received.head = bytearray()
     received.spill = handle
+    return handle
 
 
 @dataclass

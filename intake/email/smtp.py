@@ -49,6 +49,15 @@ REPLY_REFUSED_STRUCTURE = "554 5.6.0 Message refused: {reason}"
 HEAD_BYTES = MAX_HEADER_BYTES + 4096  # read from a spilled message: its header block and the blank line
 
 
+class IntakeEnvelope(Envelope):
+    """aiosmtpd's envelope with the message as received (its content fields hold bytes, and
+    stay unset: the message may be on disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: Received | None = None
+
+
 class IntakeSMTP(SMTP):
     """aiosmtpd's SMTP with the message text read in pieces into one buffer.
 
@@ -60,10 +69,14 @@ class IntakeSMTP(SMTP):
 
     line_length_limit = LINE_LIMIT
 
+    def _create_envelope(self) -> IntakeEnvelope:
+        return IntakeEnvelope()
+
     async def _handle_client(self) -> None:
         """Past the receiver's caps on connections (in all, and per client address), a client
         is told 421 and closed before anything else: its MTA tries again later."""
         connections: Connections = self.event_handler.connections
+        assert self.session is not None  # connection_made sets it before it runs this, for good
         client = peer_of(self.session)
         if not connections.admit(client):
             log.warning(
@@ -72,7 +85,8 @@ class IntakeSMTP(SMTP):
                 "_per_client" if connections.count < connections.total else "",
             )
             await self.push(REPLY_TOO_MANY_CONNECTIONS)
-            self.transport.close()
+            if self.transport is not None:  # None once the connection is lost
+                self.transport.close()
             return
         try:
             await super()._handle_client()
@@ -83,7 +97,10 @@ class IntakeSMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        if not self.envelope.rcpt_tos:
+        envelope, session = self.envelope, self.session
+        # Both set for good by connection_made, the envelope by our _create_envelope.
+        assert isinstance(envelope, IntakeEnvelope) and session is not None
+        if not envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
         if arg:
@@ -91,21 +108,20 @@ class IntakeSMTP(SMTP):
             return
         await self.push(REPLY_GO_AHEAD)
         handler = self.event_handler
+        limit = self.data_size_limit
+        assert limit is not None  # start_receiver sets it (email.smtp_intake.max_message_bytes)
         try:
-            received = await read_data(
-                self._reader, self.data_size_limit, handler.budget, handler.spill_dir, self._reset_timeout
-            )
+            received = await read_data(self._reader, limit, handler.budget, handler.spill_dir, self._reset_timeout)
         except NotStored as exc:
-            log.error(
-                "could not keep a message from %s while it arrived (%s); answered 451", peer_of(self.session), exc
-            )
+            log.error("could not keep a message from %s while it arrived (%s); answered 451", peer_of(session), exc)
             self._set_post_data_state()
             await self.push(REPLY_TRY_LATER)
             return
         except TooSlow as exc:
-            log.warning("cut a transfer from %s that fell under %d bytes/s (%s)", peer_of(self.session), MIN_RATE, exc)
+            log.warning("cut a transfer from %s that fell under %d bytes/s (%s)", peer_of(session), MIN_RATE, exc)
             await self.push(REPLY_TOO_SLOW)
-            self.transport.close()
+            if self.transport is not None:  # None once the connection is lost
+                self.transport.close()
             return
         except asyncio.CancelledError:
             log.info("connection lost during DATA")
@@ -115,7 +131,7 @@ class IntakeSMTP(SMTP):
             await self.push(REPLY_TOO_BIG)  # the answer IntakeHandler.handle_DATA gives over the limit
             self._set_post_data_state()
             return
-        self.envelope.content = self.envelope.original_content = received
+        envelope.received = received
         try:
             status = await self._call_handler_hook("DATA")
         finally:
@@ -175,9 +191,10 @@ class IntakeHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> str:
         try:
-            received: Received = envelope.original_content
+            received = envelope.received
+            assert received is not None  # IntakeSMTP.smtp_DATA set it before this hook
             if received.size > self.limit:
                 return REPLY_TOO_BIG
             spilled = received.spill is not None
