@@ -329,7 +329,8 @@ def apply(
         for a, file in zip(inbound.attachments, files, strict=True)
     ]
     inbound = replace(inbound, attachments=tuple(stored))
-    if not opened and is_unverified(inbound):
+    confirmed_by = row["meta"].get("confirmed_by")  # an agent vouched for this held message
+    if not opened and is_unverified(inbound) and not confirmed_by:
         return hold_unverified(db, case, parsed, inbound, inbound_id, stored, now)
     ctx = context_for(desk, db, case, inbound)
     result = dialog.step(case, inbound, inbound.received_at, ctx, reading)
@@ -340,7 +341,11 @@ def apply(
     case_store.save_case(db, case, now)
 
     authentication = inbound.meta.get("authentication") or {}
-    add_inbound_message(db, case, parsed, inbound, inbound_id, stored)
+    if confirmed_by:  # the message is on the case already, held: now it is applied
+        events.record(db, case.id, confirmed_by, "held_message_confirmed", now, {"inbound": inbound_id})
+        inbound = replace(inbound, meta={**inbound.meta, "authentication": {"status": "confirmed", "by": confirmed_by}})
+    else:
+        add_inbound_message(db, case, parsed, inbound, inbound_id, stored)
     if is_unverified(inbound):
         # Shown to agents: the trusted upstream MTA could not confirm who sent this mail, or its
         # From names another mailbox than its envelope.

@@ -25,7 +25,7 @@ from refunddesk.policy.rules import deadlines_of, missing_items
 from refunddesk.store import cases as case_store
 from refunddesk.store import events
 from refunddesk.store.clock import parse_stamp, stamp, utcnow
-from refunddesk.store.db import transaction
+from refunddesk.store.db import ThreadedConnection, transaction
 
 if TYPE_CHECKING:
     from refunddesk.outbound.delivery import Bell
@@ -117,11 +117,11 @@ def reminder_context(desk: Desk, db: sqlite_utils.Database, case: Case) -> dict[
 
 async def watch(desk: Desk, stopping: threading.Event, outbound: Bell, every: float = CHECK_EVERY_SECONDS) -> None:
     """The service's periodic task: look for due reminders, and ring the senders if any."""
-    db = desk.open_db()
+    store = ThreadedConnection(desk.open_db())
     try:
         while not stopping.is_set():
             try:
-                sent = await asyncio.to_thread(send_reminders, desk, db, utcnow())
+                sent = await store.run(send_reminders, desk, store.db, utcnow())
             except Exception:
                 log.exception("reminder pass failed; trying again later")
             else:
@@ -130,4 +130,4 @@ async def watch(desk: Desk, stopping: threading.Event, outbound: Bell, every: fl
                     outbound.set()
             await asyncio.sleep(every)
     finally:
-        db.conn.close()
+        await store.close()

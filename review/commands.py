@@ -29,6 +29,7 @@ from refunddesk.commandline import (
 )
 from refunddesk.policy.model import CHANNELS, KINDS, STATUSES
 from refunddesk.store import cases as case_store
+from refunddesk.store import spool
 from refunddesk.store.clock import utcnow
 
 from .agents import MIN_PASSWORD, AgentError, account, add, listing, set_disabled
@@ -145,6 +146,20 @@ def register_cases(commands: argparse._SubParsersAction) -> None:
     )
     add_agent_option(ask)
     ask.set_defaults(func=cmd_request_info)
+
+    held = add_command(
+        cases,
+        "confirm-held",
+        "apply a message that was held because nobody vouched for its sender (its From named another mailbox "
+        "than its envelope, or the trusted MTA's checks failed): the case page shows it as held",
+        "example:\n  refunddesk cases confirm-held RF-000001 --inbound 42",
+    )
+    add_case_argument(held)
+    held.add_argument(
+        "--inbound", type=int, required=True, help="the held message's inbound number (the case's events name it)"
+    )
+    add_agent_option(held)
+    held.set_defaults(func=cmd_confirm_held)
 
     special = add_command(
         cases,
@@ -368,6 +383,26 @@ def cmd_request_info(args: argparse.Namespace) -> int:
     from .decisions import request_info  # noqa: PLC0415  (see decide)
 
     return decide(args, lambda desk, db, agent: request_info(desk, db, args.id, agent, args.message))
+
+
+def cmd_confirm_held(args: argparse.Namespace) -> int:
+    # Applying the message runs the pipeline (the reader, the dialog): only this command loads it.
+    from refunddesk.intake import pipeline  # noqa: PLC0415
+    from refunddesk.intake.budget import Budget  # noqa: PLC0415
+
+    desk, db = opened(args)
+    agent = acting_agent(args, db)
+    case = loaded_case(db, args.id)
+    held = db.execute(
+        "SELECT 1 FROM events WHERE case_id = ? AND action = 'unverified_message_held' "
+        "AND json_extract(data, '$.inbound') = ?",
+        [case.id, args.inbound],
+    ).fetchone()
+    if held is None or not spool.reopen_confirmed(db, args.inbound, case.id, agent):
+        return fail(f"inbound {args.inbound} is no held message of {case.id}")
+    status = pipeline.process(desk, db, args.inbound, budget=Budget(desk.config.worker.message_seconds))
+    print(f"inbound {args.inbound}: {status}; applied to {case.id}, confirmed by {agent}")
+    return 0 if status == "done" else 1
 
 
 def cmd_flag(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import sqlite_utils
 from refunddesk.desk import Desk
 from refunddesk.store import events
 from refunddesk.store.clock import required_stamp, stamp, utcnow
-from refunddesk.store.db import transaction
+from refunddesk.store.db import ThreadedConnection, transaction
 
 if TYPE_CHECKING:
     from refunddesk.outbound.delivery import Bell
@@ -122,20 +122,20 @@ def retries_due(db: sqlite_utils.Database, now: datetime) -> bool:
 
 async def watch(desk: Desk, stopping: threading.Event, outbound_wake: Bell) -> None:
     """Inside `serve`: scan every SCAN_SECONDS until the service stops."""
-    db = desk.open_db()
+    store = ThreadedConnection(desk.open_db())
     try:
         while not stopping.is_set():
             try:
                 now = utcnow()
-                raised = await asyncio.to_thread(scan, desk, db, now)
+                raised = await store.run(scan, desk, store.db, now)
                 for item in raised:
                     log.warning(
                         "SLA: %s on %s (%s)", item["what"], item["case_id"], item.get("due") or item.get("promised_by")
                     )
-                if await asyncio.to_thread(retries_due, db, now):
+                if await store.run(retries_due, store.db, now):
                     outbound_wake.set()
             except Exception:
                 log.exception("SLA scan failed; trying again next round")
             await asyncio.to_thread(stopping.wait, SCAN_SECONDS)
     finally:
-        db.conn.close()
+        await store.close()

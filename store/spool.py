@@ -190,3 +190,14 @@ def requeue(db: sqlite_utils.Database, inbound_id: int) -> bool:
         "UPDATE inbound SET status = 'pending', error = NULL WHERE id = ? AND status = 'dead'", [inbound_id]
     )
     return bool(cursor.rowcount)
+
+
+def reopen_confirmed(db: sqlite_utils.Database, inbound_id: int, case_id: str, agent: str) -> bool:
+    """A held message (an unverified sender's, on `case_id`) back to pending, confirmed by `agent`:
+    processed again, it is applied to its case like any verified message, once."""
+    cursor = db.execute(
+        "UPDATE inbound SET status = 'pending', error = NULL, meta = json_set(meta, '$.confirmed_by', ?) "
+        "WHERE id = ? AND case_id = ? AND status = 'done' AND json_extract(meta, '$.confirmed_by') IS NULL",
+        [agent, inbound_id, case_id],
+    )
+    return bool(cursor.rowcount)

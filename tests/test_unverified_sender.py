@@ -5,9 +5,10 @@ To an existing case it adds its text (the agent sees it, held) but changes no fi
 no letter; the same words from the customer's own envelope do change the case. Through the
 real `serve` over SMTP.
 """
+
 from __future__ import annotations
 
-from conftest import wait_for
+from conftest import add_agents, run_cli, wait_for
 from mail_fixtures import MailDesk, letter, mail_settings, relay  # noqa: F401 (fixture)
 
 CUSTOMER, ATTACKER = "owner@customer.test", "attacker@evil.test"
@@ -36,10 +37,28 @@ def test_a_forged_from_adds_text_but_changes_no_field(tmp_path):
         assert events and events[0]["data"]["envelope_from"] == ATTACKER
         assert len(desk.outbox()) == letters_before, "no letter answers a mail nobody vouches for"
 
+        # An agent who checked it confirms the held message: then it is applied, once.
+        add_agents(desk.db, "alice")
+        confirmed = run_cli(
+            desk.config, "cases", "confirm-held", case.id, "--inbound", str(rows[1]["id"]), "--agent", "alice"
+        )
+        assert confirmed.returncode == 0, confirmed.stderr
+        assert desk.case(case.id).fields["account_id"] == "attacker-9"
+        assert len([m for m in desk.messages(case.id) if m["direction"] == "in" and "attacker-9" in (m["text"] or "")]) == 1
+        assert any(e["action"] == "held_message_confirmed" for e in desk.events(case.id))
+        again = run_cli(
+            desk.config, "cases", "confirm-held", case.id, "--inbound", str(rows[1]["id"]), "--agent", "alice"
+        )
+        assert again.returncode == 1 and b"no held message" in again.stderr
+
         # The same correction from the customer's own envelope is their word.
         desk.send(letter(CUSTOMER, f"Re: [{case.id}] Refund", "Correction. Account ID: owner-2."), CUSTOMER)
         desk.settled(3)
-        wait_for(lambda: desk.case(case.id).fields.get("account_id") == "owner-2", 10, message="the verified correction applied")
+        wait_for(
+            lambda: desk.case(case.id).fields.get("account_id") == "owner-2",
+            10,
+            message="the verified correction applied",
+        )
     finally:
         desk.stop()
 
@@ -61,9 +80,11 @@ INTERNATIONAL = "josé@exämple.test"
 
 
 def international_mail() -> bytes:
-    return (f"From: José <{INTERNATIONAL}>\r\nTo: refunds@desk.test\r\nSubject: Rückerstattung\r\n"
-            "Message-ID: <intl-1@exämple.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-            "Please refund 5.00 EUR charged on 2026-12-01.\r\n").encode()
+    return (
+        f"From: José <{INTERNATIONAL}>\r\nTo: refunds@desk.test\r\nSubject: Rückerstattung\r\n"
+        "Message-ID: <intl-1@exämple.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Please refund 5.00 EUR charged on 2026-12-01.\r\n"
+    ).encode()
 
 
 def test_an_internationalised_sender_gets_the_acknowledgement_through_the_relay(tmp_path, relay):
@@ -86,7 +107,9 @@ def test_an_internationalised_sender_gets_the_acknowledgement_as_eml(tmp_path):
         desk.send(international_mail(), INTERNATIONAL, mail_options=["SMTPUTF8"])
         desk.settled(1)
         folder = desk.desk.config.email.outgoing.folder
-        letters = wait_for(lambda: list(folder.glob("*.eml")), 15, message=f"the acknowledgement as .eml: {desk.outbox()}")
+        letters = wait_for(
+            lambda: list(folder.glob("*.eml")), 15, message=f"the acknowledgement as .eml: {desk.outbox()}"
+        )
         assert f"To: {INTERNATIONAL}".encode() in letters[0].read_bytes()
     finally:
         desk.stop()
