@@ -11,6 +11,7 @@ serve that received only it; each attack's time is printed as a ratio to it.
 The tests (tests/test_hostile_mail.py, test_smtp_bounded.py, test_console_logins.py,
 test_telegram_poison.py) assert the same outcomes scaled down; docs/reliability.md holds the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from _common import REFUNDS, Serve, base_settings, header, port_open, process_tree, scratch, vm_status, wait_for
 
@@ -30,9 +32,13 @@ MB = 2**20
 TICKS = 100  # /proc's clock ticks per second (SC_CLK_TCK on Linux)
 
 
-def mail(sender: str, subject: str = "Refund", body: str = "Please refund 5 USD charged on 2026-12-01.", extra: str = "") -> bytes:
-    return (f"From: {sender}\r\nTo: {REFUNDS}\r\nSubject: {subject}\r\nMessage-ID: <{uuid.uuid4().hex}@customer.test>\r\n"
-            f"{extra}\r\n{body}\r\n").encode()
+def mail(
+    sender: str, subject: str = "Refund", body: str = "Please refund 5 USD charged on 2026-12-01.", extra: str = ""
+) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {REFUNDS}\r\nSubject: {subject}\r\nMessage-ID: <{uuid.uuid4().hex}@customer.test>\r\n"
+        f"{extra}\r\n{body}\r\n"
+    ).encode()
 
 
 def send(port: int, raw: bytes, sender: str) -> str:
@@ -85,24 +91,39 @@ class Desk:
         return found
 
     def peaks(self) -> dict[str, float]:
-        return {name: vm_status(pid)["VmHWM"] / 1024 for name, pid in (("serve", self.serve.pid), ("worker", self.worker))}
+        return {
+            name: vm_status(pid)["VmHWM"] / 1024 for name, pid in (("serve", self.serve.pid), ("worker", self.worker))
+        }
 
     def rows(self) -> list[tuple]:
         with self.serve.db() as db:
             return db.execute("SELECT id, status, case_id, error FROM inbound ORDER BY id").fetchall()
 
     def settled(self, count: int, timeout: float = 1800) -> list[tuple]:
-        return wait_for(lambda: (r := self.rows()) and len(r) >= count and all(x[1] != "pending" for x in r) and r, timeout, 0.05,
-                        f"{count} messages processed")
+        return wait_for(
+            lambda: (r := self.rows()) and len(r) >= count and all(x[1] != "pending" for x in r) and r,
+            timeout,
+            0.05,
+            f"{count} messages processed",
+        )
 
     def report(self, name: str, seconds: float, outcome: str, baseline: float | None) -> dict[str, Any]:
         peaks, cpu = self.peaks(), self.cpu()
         spent = {k: cpu[k] - self.cpu_start[k] for k in cpu}
         ratio = f"{seconds / baseline:8.1f}x" if baseline else "        -"
-        print(f"  {name:<44} serve {peaks['serve']:6.0f} MB  worker {peaks['worker']:6.0f} MB  "
-              f"cpu serve {spent['serve']:6.2f} s worker {spent['worker']:6.2f} s  {seconds:7.2f} s {ratio}  {outcome}", flush=True)
+        print(
+            f"  {name:<44} serve {peaks['serve']:6.0f} MB  worker {peaks['worker']:6.0f} MB  "
+            f"cpu serve {spent['serve']:6.2f} s worker {spent['worker']:6.2f} s  {seconds:7.2f} s {ratio}  {outcome}",
+            flush=True,
+        )
         self.serve.stop()
-        return {"name": name, **peaks, **{f"cpu_{k}": v for k, v in spent.items()}, "seconds": seconds, "outcome": outcome}
+        return {
+            "name": name,
+            **peaks,
+            **{f"cpu_{k}": v for k, v in spent.items()},
+            "seconds": seconds,
+            "outcome": outcome,
+        }
 
 
 def ordinary() -> float:
@@ -132,13 +153,28 @@ def encoded_words(words: int) -> bytes:
 
 def nested_html(depth: int) -> bytes:
     body = "<div>" * depth + "Please refund 7 USD" + "</div>" * depth
-    return mail("hostile@customer.test", body=body, extra="MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n")
+    return mail(
+        "hostile@customer.test", body=body, extra="MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n"
+    )
 
 
 def plain(size: int) -> bytes:
     lines = ["I was charged 12 USD twice on 2026-12-01, please refund."]
     lines += [f"log line {i}: request failed with status 500 at node {i % 97}" for i in range(size // 60)]
     return mail("hostile@customer.test", body="\r\n".join(lines))
+
+
+def largest() -> bytes:
+    """The largest mail intake accepts (email.smtp_intake.max_message_bytes, 25 MiB): a request with
+    an attachment filling the rest, as a customer's screen recording would."""
+    attachment = base64.encodebytes(b"\x17" * (18 * MB)).decode()  # 24.3 MiB as sent
+    return mail(
+        "hostile@customer.test",
+        body=f"--b\r\nContent-Type: text/plain\r\n\r\nPlease refund 5 USD.\r\n"
+        f"--b\r\nContent-Type: video/mp4; name=recording.mp4\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        f"{attachment}--b--",
+        extra="MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n",
+    )
 
 
 def folded_header_then_ordinary(baseline: float) -> None:
@@ -155,8 +191,12 @@ def folded_header_then_ordinary(baseline: float) -> None:
     wait_for(lambda: any(r[2] for r in desk.rows()), 600, 0.02, "the ordinary mail's case")
     seconds = time.monotonic() - started
     thread.join(600)
-    desk.report("header folded over 1,000,000 lines", seconds, f"hostile {answers[0] if answers else '?'}; ordinary case after {seconds:.2f} s",
-                baseline)
+    desk.report(
+        "header folded over 1,000,000 lines",
+        seconds,
+        f"hostile {answers[0] if answers else '?'}; ordinary case after {seconds:.2f} s",
+        baseline,
+    )
 
 
 def parallel_large(baseline: float, count: int = 150, size: int = 10 * MB) -> None:
@@ -173,7 +213,12 @@ def parallel_large(baseline: float, count: int = 150, size: int = 10 * MB) -> No
     seconds = at_once(one, count)
     accepted = answers.count("250")
     stored = len(desk.rows())
-    desk.report(f"{count} parallel {size // MB} MB DATA without SIZE", seconds, f"{accepted} accepted, {stored} stored", baseline)
+    desk.report(
+        f"{count} parallel {size // MB} MB DATA without SIZE",
+        seconds,
+        f"{accepted} accepted, {stored} stored",
+        baseline,
+    )
 
 
 def slow_holder(baseline: float) -> None:
@@ -181,7 +226,12 @@ def slow_holder(baseline: float) -> None:
     holder = socket.create_connection(("127.0.0.1", desk.port))
     stream = holder.makefile("rb")
     stream.readline()
-    for line in (b"EHLO slow.test\r\n", b"MAIL FROM:<slow@customer.test> SIZE=2000000\r\n", f"RCPT TO:<{REFUNDS}>\r\n".encode(), b"DATA\r\n"):
+    for line in (
+        b"EHLO slow.test\r\n",
+        b"MAIL FROM:<slow@customer.test> SIZE=2000000\r\n",
+        f"RCPT TO:<{REFUNDS}>\r\n".encode(),
+        b"DATA\r\n",
+    ):
         holder.sendall(line)
         while stream.readline()[3:4] == b"-":  # a multi-line reply's last line has a space there
             pass
@@ -190,7 +240,9 @@ def slow_holder(baseline: float) -> None:
     answer = send(desk.port, plain(3 * MB), "honest@customer.test")
     seconds = time.monotonic() - started
     holder.close()
-    desk.report("slow holder, then an honest 3 MB mail", seconds, f"honest mail {answer} after {seconds:.2f} s", baseline)
+    desk.report(
+        "slow holder, then an honest 3 MB mail", seconds, f"honest mail {answer} after {seconds:.2f} s", baseline
+    )
 
 
 def logins(baseline: float, count: int = 40) -> None:
@@ -216,21 +268,31 @@ def logins(baseline: float, count: int = 40) -> None:
     def guess(n: int) -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{console}", timeout=120) as http:
             csrf = token.search(http.get("/login").text).group(1)
-            statuses.append(http.post("/login", data={"name": "alice", "password": f"guess {n}", "csrf": csrf}).status_code)
+            statuses.append(
+                http.post("/login", data={"name": "alice", "password": f"guess {n}", "csrf": csrf}).status_code
+            )
 
     seconds = at_once(guess, count)
     with desk.serve.db() as conn:
-        counted = conn.execute("SELECT count(*) FROM events WHERE action IN ('login_failed', 'login_throttled')").fetchone()[0]
-    desk.report(f"{count} concurrent wrong logins", seconds, f"{statuses.count(401)} checked, {statuses.count(429)} refused, {counted} counted",
-                baseline)
-
+        counted = conn.execute(
+            "SELECT count(*) FROM events WHERE action IN ('login_failed', 'login_throttled')"
+        ).fetchone()[0]
+    desk.report(
+        f"{count} concurrent wrong logins",
+        seconds,
+        f"{statuses.count(401)} checked, {statuses.count(429)} refused, {counted} counted",
+        baseline,
+    )
 
 
 ATTACKS: dict[str, Callable[[float], None]] = {
-    "encoded": lambda b: (one_mail("Subject of 12,000 encoded-words (264 KB)", encoded_words(12_000), b),
-                          one_mail("Subject of 40,000 encoded-words (880 KB)", encoded_words(40_000), b)),
+    "encoded": lambda b: (
+        one_mail("Subject of 12,000 encoded-words (264 KB)", encoded_words(12_000), b),
+        one_mail("Subject of 40,000 encoded-words (880 KB)", encoded_words(40_000), b),
+    ),
     "html": lambda b: one_mail("<div> nested 100,000 deep (1.1 MB)", nested_html(100_000), b),
     "plain": lambda b: one_mail("10 MB of plain text", plain(10 * MB), b),
+    "largest": lambda b: one_mail("the largest mail accepted (24.3 MiB)", largest(), b),
     "folded": folded_header_then_ordinary,
     "parallel": parallel_large,
     "holder": slow_holder,

@@ -58,7 +58,7 @@ quietly .venv/bin/python -m pip install --upgrade pip
 if [ "$want_test" = 1 ]; then
   say "installing refunddesk (editable) and its test tools into .venv"
   quietly .venv/bin/python -m pip install -e '.[test]'
-  next=".venv/bin/python -m pytest -q"
+  next="scripts/lint.sh && .venv/bin/python -m pytest -q"
 else
   say "installing refunddesk (editable) into .venv"
   quietly .venv/bin/python -m pip install -e .

@@ -36,22 +36,22 @@ def cap(value: str, name: str = "") -> tuple[str, bool]:
     return value[:after], True  # past the last encoded-word allowed, the rest is dropped
 
 
-def raw_header(part: Message, name: str) -> str:
-    """The first such header as written (encoded-words still encoded), capped, on one line."""
+def first_raw(part: Message, name: str) -> str | None:
+    """The first such header exactly as written, or None when there is none."""
     try:
         values = [v for k, v in part.raw_items() if k.lower() == name.lower()]
     except Exception:  # a header the parser could not split: as if it were absent
-        values = []
-    if not values:
-        return ""
-    value, _ = cap(str(values[0]), name)
-    return " ".join(value.split())
+        return None
+    return str(values[0]) if values else None
+
+
+def raw_header(part: Message, name: str) -> str:
+    """The first such header as written (encoded-words still encoded), capped, on one line."""
+    value = first_raw(part, name)
+    return " ".join(cap(value, name)[0].split()) if value is not None else ""
 
 
 def was_cut(part: Message, name: str) -> bool:
     """Whether the first such header is over the caps (the case says so to the agent)."""
-    try:
-        values = [v for k, v in part.raw_items() if k.lower() == name.lower()]
-    except Exception:
-        return False
-    return bool(values) and cap(str(values[0]), name)[1]
+    value = first_raw(part, name)
+    return value is not None and cap(value, name)[1]

@@ -56,8 +56,12 @@ GREETING = re.compile(
 )
 
 
+def line_breaks_unified(text: str) -> str:
+    return (text or "").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def lines_of(text: str) -> list[str]:
-    return (text or "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return line_breaks_unified(text).split("\n")
 
 
 def strip_quotes(text: str, subject: str = "") -> str:
@@ -74,7 +78,7 @@ def split_forward(text: str, subject: str = "", limit: int | None = None) -> tup
     if limit is not None and len(text) > limit:
         line_end = text.rfind("\n", 0, limit)  # cut between lines, so both parts keep whole lines
         limit = line_end + 1 if line_end > limit // 2 else limit
-    rest = "\n".join(lines_of(text[limit:])) if limit is not None else ""
+    rest = line_breaks_unified(text[limit:]) if limit is not None else ""
     lines = lines_of(text[:limit] if limit is not None else text)
     cut, forward = find_cut(lines, bool(FORWARD_SUBJECT.match(subject or "")))
     own = [line.rstrip() for line in lines[:cut] if not line.lstrip().startswith(">")]

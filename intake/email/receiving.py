@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -73,12 +73,12 @@ class Received:
     spill: IO[bytes] | None = None
     size: int = 0
 
-    def chunks(self, piece: int = SPILL_AT):
-        """The whole message, piece by piece, without holding it whole."""
+    def chunks(self, offset: int = 0, piece: int = SPILL_AT) -> Iterator[bytes]:
+        """The message from `offset` on, piece by piece, without holding it whole."""
         if self.spill is None:
-            yield bytes(self.head)
+            yield bytes(self.head[offset:])
             return
-        self.spill.seek(0)
+        self.spill.seek(offset)
         while data := self.spill.read(piece):
             yield data
 
@@ -231,14 +231,9 @@ class Spliced:
     def size(self) -> int:
         return len(self.start) + self.received.size - self.replaced
 
-    def chunks(self, piece: int = SPILL_AT):
+    def chunks(self) -> Iterator[bytes]:
         yield self.start
-        if self.received.spill is None:
-            yield bytes(self.received.head[self.replaced :])
-            return
-        self.received.spill.seek(self.replaced)
-        while data := self.received.spill.read(piece):
-            yield data
+        yield from self.received.chunks(self.replaced)
 
 
 class Connections:
